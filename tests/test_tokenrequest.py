@@ -1,0 +1,271 @@
+"""The TokenRequest wire format: Ably vectors, MAC properties, validation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_tokenreq import TokenRequest, sign_token_request, verify_mac
+from flask_tokenreq.errors import (
+    InvalidBody,
+    InvalidClientId,
+    InvalidCredentials,
+    InvalidParameter,
+)
+from flask_tokenreq.tokenrequest import FIELDS, InvalidTokenRequest, check_mac, split_key
+
+from .conftest import KEY, KEY_NAME, SECRET
+
+# The shared vectors live beside the checkout (../shared), as in CI.
+VECTORS_PATH = Path(
+    os.environ.get(
+        "TOKENREQ_VECTORS",
+        Path(__file__).resolve().parents[2] / "shared" / "vectors" / "ably-token-requests.json",
+    )
+)
+VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())["vectors"]
+
+
+def _id(vector: dict[str, Any]) -> str:
+    return str(vector["name"])
+
+
+@pytest.mark.parametrize("vector", [v for v in VECTORS if v["kind"] == "sign_and_verify"], ids=_id)
+def test_vector_signs_byte_for_byte(vector: dict[str, Any]) -> None:
+    params = vector["params"]
+    signed = sign_token_request(
+        vector["key"],
+        ttl=params.get("ttl"),
+        capability=params.get("capability"),
+        client_id=params.get("clientId"),
+        timestamp=params["timestamp"],
+        nonce=params["nonce"],
+    )
+    assert signed.to_dict() == vector["tokenRequest"]
+    if "signText" in vector:
+        assert signed.sign_text == vector["signText"]
+    # JSON text, field by field, exactly as ably-js writes it.
+    assert json.loads(signed.to_json()) == vector["tokenRequest"]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=_id)
+def test_vector_verifies(vector: dict[str, Any]) -> None:
+    _, secret = split_key(vector["key"])
+    received = vector["tokenRequest"]
+    assert verify_mac(received, secret)
+    assert verify_mac(TokenRequest.from_dict(received), secret)
+    assert verify_mac(received, vector["key"])  # the full key string is accepted too
+    assert not verify_mac(received, secret + "x")
+
+
+def test_spaced_capability_is_verified_as_received() -> None:
+    vector = next(v for v in VECTORS if v["name"] == "V1_star_alice__ably_python")
+    request = TokenRequest.from_dict(vector["tokenRequest"])
+    assert request.capability == '{"*": ["*"]}'
+    assert verify_mac(request, "secretvalue")
+    # Re-serialising the capability would break the MAC: we must not do it.
+    assert not verify_mac(replace(request, capability='{"*":["*"]}'), "secretvalue")
+
+
+def test_null_counts_as_absent_and_to_dict_omits_absent() -> None:
+    signed = sign_token_request(KEY, timestamp=1_700_000_000_000)
+    wire = {**signed.to_dict(), "ttl": None, "capability": None, "clientId": None}
+    parsed = TokenRequest.from_dict(wire)
+    assert parsed == signed
+    assert set(parsed.to_dict()) == {"keyName", "timestamp", "nonce", "mac"}
+    assert "null" not in parsed.to_json()
+
+
+def test_generated_nonce_has_at_least_128_bits() -> None:
+    nonces = {sign_token_request(KEY).nonce for _ in range(200)}
+    assert len(nonces) == 200
+    for nonce in nonces:
+        assert len(nonce) >= 16
+        assert len(base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))) * 8 >= 128
+
+
+def test_timestamp_from_injected_clock() -> None:
+    assert sign_token_request(KEY, now=lambda: 42_000).timestamp == 42_000
+
+
+def test_secret_not_in_output() -> None:
+    signed = sign_token_request(KEY, ttl=1000, capability={"a": ["publish"]}, client_id="c")
+    assert SECRET not in signed.to_json()
+    assert SECRET not in repr(signed)
+
+
+@pytest.mark.parametrize(
+    "key", ["no-colon-s3cr3t0123456789abcdef", "appid.keyid:", ":s3cr3t0123456789abcdef", ""]
+)
+def test_bad_key_is_refused_without_echo(key: str) -> None:
+    with pytest.raises(ValueError, match=r"appId\.keyId:secret") as info:
+        sign_token_request(key)
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_empty_client_id_is_40012() -> None:
+    with pytest.raises(InvalidClientId) as info:
+        sign_token_request(KEY, client_id="")
+    assert info.value.code == 40012
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("timestamp", True, InvalidBody),
+        ("timestamp", "1700000000000", InvalidBody),
+        ("timestamp", 1.5, InvalidBody),
+        ("ttl", True, InvalidBody),
+        ("ttl", "1000", InvalidBody),
+        ("ttl", 0, InvalidParameter),
+        ("ttl", -5, InvalidParameter),
+        ("nonce", 1234567890123456, InvalidBody),
+        ("keyName", ["appid.keyid"], InvalidBody),
+        ("capability", {"*": ["*"]}, InvalidBody),
+        ("clientId", "", InvalidClientId),
+        ("clientId", 7, InvalidBody),
+        ("mac", None, InvalidBody),
+        ("extra", "x", InvalidBody),
+    ],
+)
+def test_from_dict_rejects(field: str, value: object, error: type[Exception]) -> None:
+    wire = sign_token_request(KEY, ttl=1000, client_id="c").to_dict()
+    wire[field] = value
+    with pytest.raises(error):
+        TokenRequest.from_dict(wire)
+    assert not verify_mac(wire, SECRET)
+
+
+def test_from_dict_error_names_the_field() -> None:
+    wire = sign_token_request(KEY).to_dict()
+    wire["timestamp"] = "soon"
+    with pytest.raises(InvalidTokenRequest, match="timestamp must be an integer"):
+        TokenRequest.from_dict(wire)
+    with pytest.raises(InvalidTokenRequest, match="must be a JSON object"):
+        TokenRequest.from_dict([])  # type: ignore[arg-type]
+
+
+def test_check_mac_raises_40101() -> None:
+    signed = sign_token_request(KEY)
+    check_mac(signed, SECRET)
+    with pytest.raises(InvalidCredentials) as info:
+        check_mac(signed, "wrong-secret-0123456789abcdef0123456789")
+    assert info.value.code == 40101
+    assert info.value.status == 401
+
+
+def test_non_ascii_mac_is_false_not_an_error() -> None:
+    wire = sign_token_request(KEY).to_dict()
+    wire["mac"] = "é" * 44
+    assert verify_mac(wire, SECRET) is False
+
+
+# -- properties ---------------------------------------------------------------
+
+text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
+    min_size=1,
+    max_size=24,
+)
+capabilities = st.dictionaries(
+    text,
+    st.lists(
+        st.sampled_from(["publish", "subscribe", "history", "*", "presence"]),
+        min_size=1,
+        max_size=4,
+    ),
+    max_size=4,
+)
+requests_ = st.builds(
+    lambda ttl, cap, client, ts, nonce: sign_token_request(
+        KEY, ttl=ttl, capability=cap, client_id=client, timestamp=ts, nonce=nonce
+    ),
+    st.one_of(st.none(), st.integers(1, 10**10)),
+    st.one_of(st.none(), capabilities),
+    st.one_of(st.none(), text),
+    st.integers(0, 2**53),
+    text.filter(lambda s: len(s) >= 16) | st.text("abcdef0123456789", min_size=16, max_size=40),
+)
+
+
+def _mutations(request: TokenRequest) -> list[TokenRequest]:
+    out = [
+        replace(request, key_name=request.key_name + "x"),
+        replace(request, timestamp=request.timestamp + 1),
+        replace(request, nonce=request.nonce + "x"),
+        replace(request, ttl=(request.ttl or 0) + 1),
+        replace(request, client_id=(request.client_id or "") + "x"),
+        replace(request, capability=(request.capability or "") + " "),
+    ]
+    if request.ttl is not None:
+        out.append(replace(request, ttl=None))
+    if request.client_id is not None:
+        out.append(replace(request, client_id=None))
+    if request.capability:
+        out.append(replace(request, capability=None))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests_)
+def test_any_single_field_change_fails_verification(request: TokenRequest) -> None:
+    assert verify_mac(request, SECRET)
+    for changed in _mutations(request):
+        assert not verify_mac(changed, SECRET), changed
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests_, st.integers(0, 255))
+def test_flipped_mac_bit_fails(request: TokenRequest, bit: int) -> None:
+    raw = bytearray(base64.b64decode(request.mac))
+    raw[bit // 8] ^= 1 << (bit % 8)
+    assert not verify_mac(replace(request, mac=base64.b64encode(bytes(raw)).decode()), SECRET)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["keyName", "clientId", "nonce"]),
+    text,
+    st.sampled_from(["\n", "\r"]),
+    st.integers(0, 8),
+)
+def test_line_break_in_split_fields_is_rejected(field: str, base: str, brk: str, at: int) -> None:
+    value = (base + "0123456789abcdef")[:at] + brk + base + "0123456789abcdef"
+    wire = sign_token_request(KEY).to_dict()
+    wire[field] = value
+    with pytest.raises(InvalidBody):
+        TokenRequest.from_dict(wire)
+    assert not verify_mac(wire, SECRET)
+    if field == "clientId":
+        with pytest.raises(InvalidBody):
+            sign_token_request(KEY, client_id=value)
+    if field == "nonce":
+        with pytest.raises(InvalidBody):
+            sign_token_request(KEY, nonce=value)
+    if field == "keyName":
+        with pytest.raises(InvalidBody):
+            sign_token_request(f"{value}:{SECRET}")
+
+
+@given(st.sampled_from(["ttl", "timestamp"]), st.booleans())
+def test_booleans_are_not_integers(field: str, value: bool) -> None:
+    wire = sign_token_request(KEY, ttl=1000).to_dict()
+    wire[field] = value
+    with pytest.raises(InvalidBody):
+        TokenRequest.from_dict(wire)
+    assert not verify_mac(wire, SECRET)
+    with pytest.raises(InvalidBody):
+        sign_token_request(KEY, **{field: value})  # type: ignore[arg-type]
+
+
+def test_field_names_are_ably_names() -> None:
+    assert FIELDS == ("keyName", "ttl", "capability", "clientId", "timestamp", "nonce", "mac")
+    assert sign_token_request(KEY).key_name == KEY_NAME
