@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,7 +108,7 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def instance_dir(tmp_path: Path) -> Iterator[Path]:
+def instance_dir(tmp_path: Path) -> Path:
     path = tmp_path / "instance"
     path.mkdir()
     return path

@@ -239,6 +239,8 @@ def test_flipped_mac_bit_fails(request: TokenRequest, bit: int) -> None:
 )
 def test_line_break_in_split_fields_is_rejected(field: str, base: str, brk: str, at: int) -> None:
     value = (base + "0123456789abcdef")[:at] + brk + base + "0123456789abcdef"
+    if field == "keyName":
+        value = value.replace(":", "_")  # a ':' would end the key name when signing
     wire = sign_token_request(KEY).to_dict()
     wire[field] = value
     with pytest.raises(InvalidBody):

@@ -1,0 +1,587 @@
+"""The issuer blueprint: signs TokenRequests for the logged-in user.
+
+::
+
+    issuer = TokenIssuer(app)  # registers GET|POST /tokenreq/token
+
+    @issuer.client_id_loader
+    def client_id(user):
+        return user.username
+
+    @issuer.capability_loader
+    def capability(user, request):
+        return {"chat:*": ["publish", "subscribe"]}
+
+The endpoint answers a TokenRequest (default), an Ably JWT (``format=jwt``)
+or TokenDetails fetched from the provider (``format=token``). What a request
+asks for (``capability``, ``ttl``, ``clientId``) only ever narrows what the
+hooks allow. The key's secret never leaves the process: it is in no response,
+header, error message or log line. See ``docs/issuer.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import jwt
+import requests
+from flask import Blueprint, Flask, Request, Response, current_app, request
+from flask_login import current_user  # type: ignore[import-untyped]
+from werkzeug.exceptions import HTTPException
+
+from . import config as cfg
+from .capability import Capability, InvalidCapability
+from .clock import Clock, now_ms
+from .errors import (
+    BadRequest,
+    CapabilityNotPermitted,
+    ConfigError,
+    Forbidden,
+    IncompatibleClientId,
+    InternalError,
+    InvalidBody,
+    InvalidParameter,
+    TokenReqError,
+    Unauthorized,
+)
+from .http import JSON, JWT, Cors, error_response, json_response, no_store
+from .tokenrequest import TokenRequest, sign_token_request
+
+__all__ = [
+    "DEFAULT_TTL",
+    "DEFAULT_URL_PREFIX",
+    "FORMATS",
+    "IssuerSettings",
+    "TokenIssuer",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Extension name in ``app.extensions`` and blueprint name.
+EXTENSION = "tokenreq_issuer"
+DEFAULT_URL_PREFIX = "/tokenreq"
+#: Default (and maximum) ttl of what the issuer signs: 60 minutes, in ms.
+DEFAULT_TTL = 3_600_000
+#: Ably refuses a ttl above 24 hours.
+MAX_TTL = 86_400_000
+DEFAULT_PROVIDER_TIMEOUT = 10.0
+FORMATS = ("tokenrequest", "jwt", "token")
+#: Largest JSON body the endpoint reads.
+MAX_BODY = 64 * 1024
+#: Largest TokenDetails body read from the provider.
+MAX_PROVIDER_BODY = 256 * 1024
+
+_DIGITS = re.compile(r"[0-9]{1,15}")
+
+#: What a hook may return for a capability: parsed, a mapping or JSON text.
+CapabilityLike = Capability | Mapping[str, Any] | str
+ClientIdLoader = Callable[[Any], str | None]
+CapabilityLoader = Callable[[Any, Request], CapabilityLike | None]
+Authorizer = Callable[[Any, Request], bool]
+ProjectLoader = Callable[[Any, str], CapabilityLike | None]
+
+_C = TypeVar("_C", bound=ClientIdLoader)
+_K = TypeVar("_K", bound=CapabilityLoader)
+_A = TypeVar("_A", bound=Authorizer)
+_P = TypeVar("_P", bound=ProjectLoader)
+
+
+class ProviderUnavailable(TokenReqError):
+    """The token provider could not be reached (``format=token``)."""
+
+    code = 50003
+    status = 503
+    default_message = "Token provider unavailable; try again later"
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    """Validated per-app settings. The key is kept out of ``repr``."""
+
+    key: str | None = field(repr=False)
+    key_name: str | None
+    ttl: int
+    cors: Cors = field(repr=False)
+    capability: Capability | None
+    provider_url: str | None
+    provider_timeout: float
+    url_prefix: str
+
+
+def _parse_capability(value: object, what: str) -> Capability:
+    """Parse a capability, turning every failure into :class:`InvalidCapability`."""
+    if isinstance(value, Capability):
+        return value
+    if not isinstance(value, (str, Mapping)):
+        raise InvalidCapability(
+            f"{what} must be a JSON object mapping channel names to lists of operations"
+        )
+    try:
+        return Capability.parse(value)
+    except InvalidCapability as exc:
+        raise InvalidCapability(f"{what} is invalid: {exc.message}") from None
+    except (RecursionError, TypeError, ValueError):
+        raise InvalidCapability(f"{what} is not valid JSON") from None
+
+
+def _read_settings(app: Flask, url_prefix: str | None) -> IssuerSettings:
+    """Read and validate every issuer setting; raises :class:`ConfigError`."""
+    conf = app.config
+    key = cfg.lookup(conf, "TOKENREQ_KEY")
+    key_name: str | None = None
+    if key is not None:
+        key_name, _ = cfg.check_key("TOKENREQ_KEY", key)
+    ttl = cfg.get_int(conf, "TOKENREQ_TTL", DEFAULT_TTL, minimum=1)
+    if ttl > MAX_TTL:
+        raise ConfigError(f"TOKENREQ_TTL must be at most {MAX_TTL} ms (24 hours), got {ttl}")
+    origins = cfg.get_str_list(conf, "TOKENREQ_CORS_ORIGINS")
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigError(
+                "TOKENREQ_CORS_ORIGINS must list exact origins like 'https://app.example' "
+                "(no '*', no path)"
+            )
+    capability: Capability | None = None
+    raw_cap = cfg.lookup(conf, "TOKENREQ_ISSUER_CAPABILITY")
+    if raw_cap is not None:
+        try:
+            capability = _parse_capability(raw_cap, "TOKENREQ_ISSUER_CAPABILITY")
+        except InvalidCapability as exc:
+            raise ConfigError(exc.message) from None
+    provider_url = cfg.get_str(conf, "TOKENREQ_PROVIDER_URL")
+    if provider_url is not None:
+        parts = urlsplit(provider_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("TOKENREQ_PROVIDER_URL must be an http(s) URL")
+        provider_url = provider_url.rstrip("/")
+    timeout = cfg.lookup(conf, "TOKENREQ_PROVIDER_TIMEOUT", DEFAULT_PROVIDER_TIMEOUT)
+    if isinstance(timeout, str):
+        try:
+            timeout = float(timeout)
+        except ValueError:
+            raise ConfigError("TOKENREQ_PROVIDER_TIMEOUT must be a number of seconds") from None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigError("TOKENREQ_PROVIDER_TIMEOUT must be a number of seconds")
+    if not 0 < timeout <= 300 or math.isnan(timeout):
+        raise ConfigError("TOKENREQ_PROVIDER_TIMEOUT must be between 0 and 300 seconds")
+    if url_prefix is None:
+        url_prefix = cfg.get_str(conf, "TOKENREQ_ISSUER_URL_PREFIX", DEFAULT_URL_PREFIX)
+    assert url_prefix is not None
+    if not url_prefix.startswith("/"):
+        raise ConfigError("TOKENREQ_ISSUER_URL_PREFIX must start with '/'")
+    return IssuerSettings(
+        key=key,
+        key_name=key_name,
+        ttl=ttl,
+        cors=Cors(origins),
+        capability=capability,
+        provider_url=provider_url,
+        provider_timeout=float(timeout),
+        url_prefix=url_prefix.rstrip("/"),
+    )
+
+
+class TokenIssuer:
+    """Flask extension serving ``GET|POST <prefix>/token`` for logged-in users.
+
+    ``url_prefix`` overrides ``TOKENREQ_ISSUER_URL_PREFIX`` (default
+    ``/tokenreq``); with ``register_blueprint=False``, ``init_app`` leaves
+    registering :attr:`blueprint` to you. ``now_ms`` is the clock (ms).
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        url_prefix: str | None = None,
+        register_blueprint: bool = True,
+        now_ms: Clock = now_ms,
+    ) -> None:
+        self.url_prefix = url_prefix
+        self.register_blueprint = register_blueprint
+        self.now_ms = now_ms
+        self._client_id_loader: ClientIdLoader | None = None
+        self._capability_loader: CapabilityLoader | None = None
+        self._project_loader: ProjectLoader | None = None
+        self._authorizers: list[Authorizer] = []
+        self._settings: weakref.WeakKeyDictionary[Flask, IssuerSettings] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.blueprint = self._make_blueprint()
+        if app is not None:
+            self.init_app(app)
+
+    # -- setup -------------------------------------------------------------
+
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        register_blueprint: bool | None = None,
+        url_prefix: str | None = None,
+    ) -> None:
+        """Validate settings (``ConfigError`` naming the setting) and register.
+
+        ``register_blueprint`` and ``url_prefix`` override the constructor's.
+        """
+        if EXTENSION in app.extensions:
+            raise RuntimeError("A TokenIssuer is already registered on this app")
+        settings = _read_settings(app, url_prefix if url_prefix is not None else self.url_prefix)
+        if settings.key is None:
+            logger.warning("TOKENREQ_KEY is not set: the issuer answers 500 until it is")
+        self._settings[app] = settings
+        app.extensions[EXTENSION] = self
+        if register_blueprint if register_blueprint is not None else self.register_blueprint:
+            app.register_blueprint(self.blueprint, url_prefix=settings.url_prefix)
+
+    def settings(self, app: Flask | None = None) -> IssuerSettings:
+        """The validated settings for ``app`` (default: the current app)."""
+        target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            return self._settings[target]
+        except KeyError:
+            raise InternalError("TokenIssuer.init_app(app) was not called for this app") from None
+
+    def _make_blueprint(self) -> Blueprint:
+        bp = Blueprint(EXTENSION, __name__)
+        bp.add_url_rule("/token", "token", self._view, methods=["GET", "POST", "OPTIONS"])
+        return bp
+
+    # -- hooks -------------------------------------------------------------
+
+    def client_id_loader(self, f: _C) -> _C:
+        """Register ``f(user) -> clientId | None`` (``"*"``: any clientId)."""
+        self._client_id_loader = f
+        return f
+
+    def capability_loader(self, f: _K) -> _K:
+        """Register ``f(user, request) -> capability | None`` (None: nothing)."""
+        self._capability_loader = f
+        return f
+
+    def project_loader(self, f: _P) -> _P:
+        """Register ``f(user, project_id) -> capability | None`` (None: not allowed)."""
+        self._project_loader = f
+        return f
+
+    def authorize(self, f: _A) -> _A:
+        """Register ``f(user, request) -> bool``; falsy refuses (403), errors pass on."""
+        self._authorizers.append(f)
+        return f
+
+    # -- the endpoint ------------------------------------------------------
+
+    def _view(self) -> Response:
+        try:
+            settings = self.settings()
+        except TokenReqError as exc:
+            return error_response(exc)
+        cors = settings.cors
+        if request.method == "OPTIONS":
+            response = cors.preflight(request) if cors else Response(status=204)
+            response.headers["Allow"] = "GET, HEAD, POST, OPTIONS"
+            return no_store(response)
+        try:
+            response = self._issue(settings)
+        except TokenReqError as exc:
+            if exc.status >= 500:
+                logger.error("token issuer error %d: %s", exc.code, exc.message)
+            else:
+                logger.debug("token issuer refused %d: %s", exc.code, exc.message)
+            response = error_response(exc)
+        except HTTPException as exc:
+            status = exc.code or 400
+            response = error_response(
+                TokenReqError(exc.description or exc.name, code=status * 100, status=status)
+            )
+        except Exception:
+            logger.exception("token issuer failed")
+            response = error_response(InternalError())
+        return no_store(cors.apply(request, response))
+
+    def _issue(self, settings: IssuerSettings) -> Response:
+        key, key_name = _key(settings)
+        if getattr(current_app, "login_manager", None) is None:
+            raise InternalError("Token issuer needs flask-login: set up a LoginManager")
+        if not current_user.is_authenticated:
+            raise Unauthorized("Login required: sign in to get a token")
+        user = current_user._get_current_object()
+        for authorizer in self._authorizers:
+            if not authorizer(user, request):
+                raise Forbidden("Not allowed to obtain a token")
+
+        params = _request_params(request)
+        fmt = _format_param(params)
+        ttl = _ttl_param(params, settings.ttl)
+        requested_client_id = _client_id_param(params)
+        raw_cap = params.get("capability")
+        requested_cap = None if raw_cap is None else _parse_capability(raw_cap, "capability")
+        project_id = _project_param(params)
+
+        client_id = self._client_id(user, requested_client_id)
+        capability = self._capability(user, settings, project_id, requested_cap)
+
+        if fmt == "jwt":
+            token = self._jwt(key, key_name, ttl, capability, client_id)
+            response = Response(token, status=200)
+            response.headers["Content-Type"] = JWT
+            logger.debug("issued JWT keyName=%s clientId=%r", key_name, client_id)
+            return response
+        token_request = sign_token_request(
+            key, ttl=ttl, capability=capability, client_id=client_id, now=self.now_ms
+        )
+        if fmt == "token":
+            if settings.provider_url is None:
+                raise InvalidParameter(
+                    "format=token is not enabled on this server (TOKENREQ_PROVIDER_URL is not set)"
+                )
+            details = _request_token(
+                settings.provider_url, token_request, timeout=settings.provider_timeout
+            )
+            logger.debug("issued token keyName=%s clientId=%r", key_name, client_id)
+            return json_response(details)
+        logger.debug("issued TokenRequest keyName=%s clientId=%r", key_name, client_id)
+        return json_response(token_request.to_dict())
+
+    def _client_id(self, user: Any, requested: str | None) -> str | None:
+        """The user's clientId, narrowed by the request (never changed)."""
+        if self._client_id_loader is not None:
+            allowed = self._client_id_loader(user)
+        else:
+            allowed = user.get_id()
+        if allowed is not None and (
+            not isinstance(allowed, str) or not allowed or "\n" in allowed or "\r" in allowed
+        ):
+            raise InternalError("client_id_loader returned an invalid clientId")
+        if requested is None or requested == allowed or allowed == "*":
+            return allowed if requested is None else requested
+        if allowed is None:
+            raise IncompatibleClientId(
+                "This user may not choose a clientId; omit clientId", status=403
+            )
+        if requested == "*":
+            raise IncompatibleClientId(
+                "Wildcard clientId '*' is not allowed for this user", status=403
+            )
+        raise IncompatibleClientId(
+            "Requested clientId does not match the signed-in user's clientId", status=403
+        )
+
+    def _capability(
+        self,
+        user: Any,
+        settings: IssuerSettings,
+        project_id: str | None,
+        requested: Capability | None,
+    ) -> Capability:
+        """What the user may have, scoped to the project, narrowed by the request."""
+        allowed: Capability | None
+        if self._capability_loader is not None:
+            allowed = _loaded_capability(
+                self._capability_loader(user, request), "capability_loader"
+            )
+        elif settings.capability is not None:
+            allowed = settings.capability
+        else:
+            raise InternalError(
+                "Token issuer has no capability: register @issuer.capability_loader "
+                "or set TOKENREQ_ISSUER_CAPABILITY"
+            )
+        if allowed is None:
+            raise Forbidden("This user may not obtain a token")
+        if project_id is not None:
+            if self._project_loader is None:
+                raise BadRequest("projectId is not supported by this issuer")
+            project = _loaded_capability(self._project_loader(user, project_id), "project_loader")
+            if project is None:
+                raise Forbidden("Not allowed to use this project")
+            allowed = allowed.intersect(project)
+        if allowed.is_empty():
+            raise CapabilityNotPermitted("No capability is allowed for this user", status=403)
+        if requested is None:
+            return allowed
+        granted = requested.intersect(allowed)
+        if granted.is_empty():
+            raise CapabilityNotPermitted(
+                "Requested capability is not permitted for this user", status=403
+            )
+        return granted
+
+    def _jwt(
+        self, key: str, key_name: str, ttl: int, cap: Capability, client_id: str | None
+    ) -> str:
+        """An Ably JWT signed HS256 with the key's secret, ``kid`` = keyName."""
+        secret = key.partition(":")[2]
+        issued = self.now_ms()
+        claims: dict[str, Any] = {
+            "iat": issued // 1000,
+            "exp": issued // 1000 + math.ceil(ttl / 1000),
+            "x-ably-capability": cap.canonical,
+        }
+        if client_id is not None:
+            claims["x-ably-clientId"] = client_id
+        return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_name})
+
+
+def _key(settings: IssuerSettings) -> tuple[str, str]:
+    """The key and key name; when unset at ``init_app``, looked up again (500 if missing)."""
+    if settings.key is not None and settings.key_name is not None:
+        return settings.key, settings.key_name
+    key = cfg.lookup(current_app.config, "TOKENREQ_KEY")
+    if key is None:
+        raise InternalError(
+            "Token issuer is not configured: set TOKENREQ_KEY to the key "
+            "'appId.keyId:secret' (in app.config or the environment)"
+        )
+    try:
+        key_name, _ = cfg.check_key("TOKENREQ_KEY", key)
+    except ConfigError as exc:
+        raise InternalError(f"Token issuer is misconfigured: {exc}") from None
+    return key, key_name
+
+
+# -- request parameters ------------------------------------------------------
+
+
+def _request_params(req: Request) -> dict[str, Any]:
+    """Query params merged with a form or JSON body (body wins); empty = absent."""
+    params: dict[str, Any] = dict(req.args.items())
+    if req.method == "POST":
+        if req.is_json:
+            body = _read_json_body(req)
+            if not isinstance(body, dict):
+                raise InvalidBody("JSON body must be an object of token parameters")
+            params.update(body)
+        elif req.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            params.update(req.form.items())
+    return {k: v for k, v in params.items() if v is not None and v != ""}
+
+
+def _read_json_body(req: Request) -> Any:
+    """The JSON body, ``{}`` when empty; at most :data:`MAX_BODY` bytes."""
+    if req.content_length is not None and req.content_length > MAX_BODY:
+        raise InvalidBody(f"request body too large: at most {MAX_BODY} bytes")
+    raw = req.stream.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise InvalidBody(f"request body too large: at most {MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidBody("request body is not valid JSON") from None
+
+
+def _str_param(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _format_param(params: Mapping[str, Any]) -> str:
+    fmt = (_str_param(params, "format") or "tokenrequest").lower()
+    if fmt not in FORMATS:
+        raise InvalidParameter(f"format must be one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _ttl_param(params: Mapping[str, Any], maximum: int) -> int:
+    """``ttl`` in ms: a positive integer or decimal-digit string, at most ``maximum``."""
+    value = params.get("ttl")
+    if value is None:
+        return maximum
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        ttl = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ttl = value
+    else:
+        raise InvalidParameter("ttl must be a whole number of milliseconds")
+    if ttl <= 0:
+        raise InvalidParameter("ttl must be a positive number of milliseconds")
+    if ttl > maximum:
+        raise InvalidParameter(f"ttl must be at most {maximum} ms")
+    return ttl
+
+
+def _client_id_param(params: Mapping[str, Any]) -> str | None:
+    camel = _str_param(params, "clientId")
+    snake = _str_param(params, "client_id")
+    if camel is not None and snake is not None and camel != snake:
+        raise BadRequest("clientId and client_id differ; send one of them")
+    return camel if camel is not None else snake
+
+
+def _project_param(params: Mapping[str, Any]) -> str | None:
+    value = params.get("projectId")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest("projectId must be a string")
+    return value
+
+
+def _loaded_capability(value: object, hook: str) -> Capability | None:
+    """A hook's capability, or ``None``; a malformed one is a server error."""
+    if value is None:
+        return None
+    try:
+        return _parse_capability(value, hook)
+    except InvalidCapability as exc:
+        logger.error("%s returned an invalid capability: %s", hook, exc.message)
+        raise InternalError(f"{hook} returned an invalid capability") from None
+
+
+# -- format=token: the exchange with the provider ------------------------------
+
+
+def _request_token(provider_url: str, token_request: TokenRequest, *, timeout: float) -> Any:
+    """POST the TokenRequest to ``<provider>/keys/<keyName>/requestToken``.
+
+    Returns the provider's TokenDetails. Provider errors are raised with their
+    code, message and status; an unreachable provider is 503 (50003).
+    """
+    url = f"{provider_url}/keys/{quote(token_request.key_name, safe='')}/requestToken"
+    try:
+        resp = requests.post(
+            url,
+            data=token_request.to_json().encode("utf-8"),
+            headers={"Content-Type": JSON, "Accept": JSON},
+            timeout=timeout,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        logger.warning("token provider unreachable at %s: %s", provider_url, type(exc).__name__)
+        raise ProviderUnavailable("Token provider unreachable; try again later") from None
+    try:
+        body = resp.json() if len(resp.content) <= MAX_PROVIDER_BODY else None
+    except ValueError:
+        body = None
+    if 200 <= resp.status_code < 300:
+        if isinstance(body, dict) and isinstance(body.get("token"), str):
+            return body
+        raise TokenReqError("Token provider answered without TokenDetails", status=502)
+    error = body.get("error") if isinstance(body, dict) else None
+    code: Any = error.get("code") if isinstance(error, dict) else None
+    message: Any = error.get("message") if isinstance(error, dict) else None
+    if code is None:
+        code = resp.headers.get("X-Ably-ErrorCode")
+        message = message or resp.headers.get("X-Ably-ErrorMessage")
+    try:
+        code = int(code)
+    except (TypeError, ValueError):
+        code = None
+    status = resp.status_code if 400 <= resp.status_code <= 599 else 502
+    if code is None or not 10000 <= code <= 99999:
+        raise TokenReqError(f"Token provider answered HTTP {resp.status_code}", status=502)
+    text = message if isinstance(message, str) and message else "Token provider refused"
+    raise TokenReqError(text[:500], code=code, status=status)
