@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, Response, request
+from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from flask_tokenreq import config
@@ -318,6 +318,65 @@ def _check_channel(name: str) -> None:
         )
 
 
+def channels_blueprint(
+    provider: TokenProvider,
+    store: MessageStore,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    cors: Cors | None = None,
+    now_ms: Clock = now_ms,
+) -> Blueprint:
+    """The channel resource: publish and history, guarded by ``provider`` tokens."""
+    bp = Blueprint("channels", __name__)
+    cors = cors or Cors(())
+
+    @bp.post("/channels/<path:name>/messages")
+    @provider.require("publish", "{name}")
+    def publish(name: str) -> Response:
+        _check_channel(name)
+        identity = current_identity()
+        assert identity is not None
+        rows, base = parse_messages(read_body(max_bytes), identity, now_ms())
+        serials = store.add(name, rows)
+        return respond({"channel": name, "messageId": base, "serials": serials}, 201)
+
+    @bp.get("/channels/<path:name>/messages")
+    @provider.require("history", "{name}")
+    def history(name: str) -> Response:
+        _check_channel(name)
+        direction = request.args.get("direction", "backwards")
+        if direction not in ("backwards", "forwards"):
+            raise InvalidParameter("direction must be 'backwards' or 'forwards'")
+        limit = _int_arg("limit", DEFAULT_LIMIT)
+        if limit is None or not 1 <= limit <= MAX_LIMIT:
+            raise InvalidParameter(f"limit must be between 1 and {MAX_LIMIT}")
+        start, end = _int_arg("start", None), _int_arg("end", None)
+        if start is not None and end is not None and start > end:
+            raise InvalidParameter("start must not be after end")
+        found = store.history(
+            name, start=start, end=end, limit=limit, forwards=direction == "forwards"
+        )
+        return respond(found)
+
+    @bp.before_request
+    def preflight() -> Response | None:
+        if request.method == "OPTIONS" and cors:
+            return cors.preflight(request)
+        return None
+
+    @bp.after_request
+    def cors_headers(response: Response) -> Response:
+        if cors:
+            cors.apply(request, response)
+        return response
+
+    @bp.errorhandler(TokenReqError)
+    def ably_error(exc: TokenReqError) -> Response:
+        return error_response(exc)
+
+    return bp
+
+
 # -- the app ---------------------------------------------------------------------
 
 
@@ -358,45 +417,9 @@ def create_app(
     )
     app.extensions["example_messages"] = store
 
-    @app.post("/channels/<path:name>/messages")
-    @provider.require("publish", "{name}")
-    def publish(name: str) -> Response:
-        _check_channel(name)
-        identity = current_identity()
-        assert identity is not None
-        rows, base = parse_messages(read_body(max_bytes), identity, now_ms())
-        serials = store.add(name, rows)
-        return respond({"channel": name, "messageId": base, "serials": serials}, 201)
-
-    @app.get("/channels/<path:name>/messages")
-    @provider.require("history", "{name}")
-    def history(name: str) -> Response:
-        _check_channel(name)
-        direction = request.args.get("direction", "backwards")
-        if direction not in ("backwards", "forwards"):
-            raise InvalidParameter("direction must be 'backwards' or 'forwards'")
-        limit = _int_arg("limit", DEFAULT_LIMIT)
-        if limit is None or not 1 <= limit <= MAX_LIMIT:
-            raise InvalidParameter(f"limit must be between 1 and {MAX_LIMIT}")
-        start, end = _int_arg("start", None), _int_arg("end", None)
-        if start is not None and end is not None and start > end:
-            raise InvalidParameter("start must not be after end")
-        found = store.history(
-            name, start=start, end=end, limit=limit, forwards=direction == "forwards"
-        )
-        return respond(found)
-
-    @app.before_request
-    def preflight() -> Response | None:
-        if request.method == "OPTIONS" and request.path.startswith("/channels/") and cors:
-            return cors.preflight(request)
-        return None
-
-    @app.after_request
-    def cors_headers(response: Response) -> Response:
-        if cors and request.path.startswith("/channels/"):
-            cors.apply(request, response)
-        return response
+    app.register_blueprint(
+        channels_blueprint(provider, store, max_bytes=max_bytes, cors=cors, now_ms=now_ms)
+    )
 
     @app.errorhandler(TokenReqError)
     def ably_error(exc: TokenReqError) -> Response:
