@@ -1,6 +1,6 @@
 """Example: the token issuer behind a flask-login session.
 
-Run ``python examples/issuer_app.py [port]`` or ``gunicorn
+Run ``python examples/issuer_app.py [--port 5000]`` or ``gunicorn
 'examples.issuer_app:create_app()'``. Sign in with ``POST /login`` (form fields
 ``username``, ``password``), then ``GET /api/tokenreq/token``.
 
@@ -11,6 +11,7 @@ read history. The clientId is the username.
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import logging
 import sys
@@ -79,8 +80,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     @app.post("/login")
     def do_login() -> Response:
-        username = request.form.get("username", "")
-        password = request.form.get("password", "")
+        # Form fields (as documented) or a JSON object, e.g. from a script's fetch().
+        fields = request.get_json(silent=True) if request.is_json else request.form
+        if not isinstance(fields, Mapping):
+            fields = {}
+        username, password = fields.get("username", ""), fields.get("password", "")
+        if not isinstance(username, str) or not isinstance(password, str):
+            username, password = "", ""
         entry = USERS.get(username)
         expected = entry[0] if entry else "\0"
         ok = hmac.compare_digest(password.encode(), expected.encode()) and entry is not None
@@ -98,6 +104,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port_arg", nargs="?", type=int, metavar="port", help="same as --port")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    create_app().run(host="127.0.0.1", port=port)
+    create_app().run(host=args.host, port=args.port_arg or args.port)

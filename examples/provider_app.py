@@ -440,8 +440,9 @@ def create_app(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port_arg", nargs="?", type=int, metavar="port", help="same as --port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    create_app().run(host=args.host, port=args.port)
+    create_app().run(host=args.host, port=args.port_arg or args.port)

@@ -260,7 +260,8 @@ class TokenProvider:
                 return state.cors.preflight(request)
             if request.method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(valid_methods=["GET", "HEAD", "OPTIONS"])
-            return json_response([state.now()])
+            # msgpack when asked: ably-js rest.request() decodes by its own Accept.
+            return _details_response([state.now()])
 
         @bp.route("/.well-known/jwks.json", methods=_ALL_METHODS)
         def jwks() -> ResponseReturnValue:
@@ -497,7 +498,8 @@ def _time_path(settings: ProviderSettings) -> str:
     return f"{settings.url_prefix}/time"
 
 
-def _details_response(details: dict[str, Any]) -> Response:
+def _details_response(details: Any) -> Response:
+    """JSON, or msgpack when ``Accept`` prefers it (TokenDetails, ``/time``)."""
     if (
         msgpack is not None
         and "msgpack" in request.headers.get("Accept", "")
