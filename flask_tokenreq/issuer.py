@@ -21,6 +21,7 @@ header, error message or log line. See ``docs/issuer.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -28,6 +29,8 @@ import re
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -254,6 +257,7 @@ class TokenIssuer:
     def _make_blueprint(self) -> Blueprint:
         bp = Blueprint(EXTENSION, __name__)
         bp.add_url_rule("/token", "token", self._view, methods=["GET", "POST", "OPTIONS"])
+        bp.add_url_rule("/tokenreq.js", "script", _script_view, methods=["GET"])
         return bp
 
     # -- hooks -------------------------------------------------------------
@@ -430,6 +434,28 @@ class TokenIssuer:
         if client_id is not None:
             claims["x-ably-clientId"] = client_id
         return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_name})
+
+
+@cache
+def _script() -> tuple[bytes, str]:
+    """The browser helper ``static/tokenreq.js`` (package data) and its ETag."""
+    body = resources.files("flask_tokenreq").joinpath("static").joinpath("tokenreq.js").read_bytes()
+    return body, hashlib.sha256(body).hexdigest()[:32]
+
+
+def _script_view() -> Response:
+    """``GET <prefix>/tokenreq.js``: the ES module; revalidated on each use (ETag).
+
+    A public file: any origin may import it (module scripts are fetched with CORS).
+    """
+    body, etag = _script()
+    response = Response(body, content_type="text/javascript; charset=utf-8")
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.make_conditional(request)
+    return response
 
 
 def _key(settings: IssuerSettings) -> tuple[str, str]:

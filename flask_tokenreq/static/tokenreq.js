@@ -10,20 +10,27 @@
 // The authUrl answers with a signed TokenRequest (the secret stays on the
 // server); with a providerUrl it is exchanged there for a token, otherwise it
 // is handed to ably-js unchanged, which exchanges it with Ably itself.
+// See docs/browser.md.
 
 const DEFAULT_MARGIN_MS = 15000;
+const MIN_RENEW_DELAY_MS = 1000;
+/** Ably's "error requesting a token" code: what ably-js reports for auth failures. */
+const AUTH_FAILED = 40170;
 
 /** An Error carrying the Ably error code and HTTP status from a response. */
 export class TokenError extends Error {
-  constructor(message, code, statusCode) {
-    super(message);
+  constructor(message, code, statusCode, options) {
+    super(message, options);
     this.name = 'TokenError';
     this.code = code;
     this.statusCode = statusCode;
+    /** True when the server could not be reached at all (network down, or CORS refused). */
+    this.network = Boolean(options && options.network);
   }
 }
 
-async function errorFrom(response) {
+/** A TokenError from a non-2xx response: Ably's error body or X-Ably-Error* headers. */
+export async function errorFrom(response) {
   let message = `HTTP ${response.status}`;
   let code = Number(response.headers.get('x-ably-errorcode')) || response.status * 100;
   const headerMessage = response.headers.get('x-ably-errormessage');
@@ -64,9 +71,15 @@ function base64(text) {
  * @param {string} options.authUrl   the issuer endpoint (e.g. '/api/tokenreq/token')
  * @param {string} [options.providerUrl] where to exchange TokenRequests for tokens
  * @param {object} [options.authParams] extra query parameters for the authUrl (capability, ttl, ...)
- * @param {number} [options.refreshMarginMs] renew this long before expiry (default 15 s)
- * @param {RequestCredentials} [options.credentials] fetch credentials mode (default 'include')
+ * @param {number} [options.refreshMarginMs] renew this long before expiry (default 15 s; at
+ *   most a third of the token's lifetime, so short-lived tokens are still used)
+ * @param {boolean} [options.autoRenew] renew in the background before expiry (default false)
+ * @param {(details: object) => void} [options.onToken] called with each new token
+ * @param {(error: Error) => void} [options.onError] called when a background renewal fails
+ * @param {RequestCredentials} [options.credentials] credentials mode for the authUrl
+ *   (default 'include': the session cookie goes along, also cross-origin)
  * @param {() => number} [options.now] clock in ms (for tests)
+ * @param {typeof fetch} [options.fetch] fetch implementation (for tests)
  */
 export function createTokenClient(options) {
   const {
@@ -74,13 +87,20 @@ export function createTokenClient(options) {
     providerUrl = null,
     authParams = {},
     refreshMarginMs = DEFAULT_MARGIN_MS,
+    autoRenew = false,
+    onToken = null,
+    onError = null,
     credentials = 'include',
     now = () => Date.now(),
   } = options || {};
   if (!authUrl) throw new TypeError('createTokenClient: authUrl is required');
-  const fetchImpl = options.fetch || globalThis.fetch.bind(globalThis);
+  const fetchImpl = (options && options.fetch) || globalThis.fetch.bind(globalThis);
+  // The cached token: its TokenDetails and, by this browser's clock, when to renew it
+  // and when it expires. Times come from the token's lifetime (expires - issued)
+  // counted from when it arrived, so a skewed browser clock does not matter.
   let cached = null;
   let inflight = null;
+  let timer = null;
 
   function authRequestUrl(extra) {
     const url = new URL(authUrl, globalThis.location ? globalThis.location.href : undefined);
@@ -91,13 +111,33 @@ export function createTokenClient(options) {
     return url.toString();
   }
 
+  /** fetch(), with a network failure (offline, DNS, CORS refused) as a TokenError. */
+  async function request(url, init, what) {
+    try {
+      return await fetchImpl(url, init);
+    } catch (err) {
+      if (err && err.name === 'AbortError') throw err;
+      throw new TokenError(
+        `Could not reach ${what} at ${url}: network error, or a cross-origin request ` +
+          'the server does not allow (CORS)',
+        AUTH_FAILED,
+        0,
+        { cause: err, network: true },
+      );
+    }
+  }
+
   /** What the authUrl answers: a TokenRequest, TokenDetails, or a JWT string. */
   async function fetchAuth(extra) {
-    const response = await fetchImpl(authRequestUrl(extra), {
-      credentials,
-      headers: { Accept: 'application/json, application/jwt, text/plain' },
-      cache: 'no-store',
-    });
+    const response = await request(
+      authRequestUrl(extra),
+      {
+        credentials,
+        headers: { Accept: 'application/json, application/jwt, text/plain' },
+        cache: 'no-store',
+      },
+      'the token issuer',
+    );
     if (!response.ok) throw await errorFrom(response);
     const type = (response.headers.get('content-type') || '').split(';')[0].trim();
     if (type === 'application/json') return response.json();
@@ -107,12 +147,16 @@ export function createTokenClient(options) {
   async function exchange(tokenRequest) {
     const base = providerUrl.replace(/\/$/, '');
     const url = `${base}/keys/${encodeURIComponent(tokenRequest.keyName)}/requestToken`;
-    const response = await fetchImpl(url, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-      body: JSON.stringify(tokenRequest),
-      cache: 'no-store',
-    });
+    const response = await request(
+      url,
+      {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        body: JSON.stringify(tokenRequest),
+        cache: 'no-store',
+      },
+      'the token provider',
+    );
     if (!response.ok) throw await errorFrom(response);
     return response.json();
   }
@@ -125,25 +169,58 @@ export function createTokenClient(options) {
     if (answer && answer.issued !== undefined) return answer;
     if (answer && answer.keyName) {
       if (!providerUrl) {
-        throw new TokenError('authUrl returned a TokenRequest but no providerUrl is set', 40170, 401);
+        throw new TokenError('authUrl returned a TokenRequest but no providerUrl is set', AUTH_FAILED, 401);
       }
       return exchange(answer);
     }
-    throw new TokenError('authUrl returned neither a TokenRequest nor TokenDetails', 40170, 401);
+    throw new TokenError('authUrl returned neither a TokenRequest nor TokenDetails', AUTH_FAILED, 401);
   }
 
-  function fresh(details) {
-    return details && (details.expires == null || details.expires - refreshMarginMs > now());
+  function remember(details) {
+    const received = now();
+    let lifetime = null;
+    if (typeof details.expires === 'number') {
+      const issued = typeof details.issued === 'number' ? details.issued : received;
+      lifetime = Math.max(0, details.expires - issued);
+    }
+    const margin = lifetime === null ? 0 : Math.min(refreshMarginMs, lifetime / 3);
+    cached = {
+      details,
+      expiresAt: lifetime === null ? null : received + lifetime,
+      renewAt: lifetime === null ? null : received + lifetime - margin,
+    };
+    schedule();
+  }
+
+  function schedule() {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    if (!autoRenew || !cached || cached.renewAt === null) return;
+    timer = setTimeout(
+      () => {
+        timer = null;
+        getToken({ force: true }).catch((err) => {
+          if (onError) onError(err);
+        });
+      },
+      // At least a second apart, even for tokens that live only a few milliseconds.
+      Math.max(MIN_RENEW_DELAY_MS, cached.renewAt - now()),
+    );
+  }
+
+  function fresh() {
+    return cached !== null && (cached.renewAt === null || cached.renewAt > now());
   }
 
   /** TokenDetails, cached until shortly before expiry; one request in flight. */
   async function getToken({ force = false } = {}) {
-    if (!force && fresh(cached)) return cached;
+    if (!force && fresh()) return cached.details;
     if (!inflight) {
       inflight = obtain().then(
         (details) => {
-          cached = details;
           inflight = null;
+          remember(details);
+          if (onToken) onToken(details);
           return details;
         },
         (err) => {
@@ -158,9 +235,22 @@ export function createTokenClient(options) {
   /** Forget the cached token (e.g. after a 401 from a resource). */
   function invalidate() {
     cached = null;
+    schedule();
   }
 
-  /** fetch() with `Authorization: Bearer <token>`; renews once on a token error. */
+  /** Milliseconds until the cached token expires (this browser's clock), or null. */
+  function timeLeft() {
+    if (!cached || cached.expiresAt === null) return null;
+    return Math.max(0, cached.expiresAt - now());
+  }
+
+  /** Stop background renewal. */
+  function close() {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+  }
+
+  /** fetch() with `Authorization: Bearer <token>`; renews once on a token error (40140-40149). */
   async function authorizedFetch(url, init = {}) {
     for (let attempt = 0; ; attempt += 1) {
       const details = await getToken({ force: attempt > 0 });
@@ -193,7 +283,7 @@ export function createTokenClient(options) {
     };
   }
 
-  return { getToken, invalidate, fetch: authorizedFetch, ablyAuthCallback, errorFrom };
+  return { getToken, invalidate, timeLeft, close, fetch: authorizedFetch, ablyAuthCallback, errorFrom };
 }
 
 export default createTokenClient;

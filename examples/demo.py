@@ -1,0 +1,278 @@
+"""The whole flow in one process: login, issuer, provider, channels, a browser page.
+
+Run ``make demo`` (or ``python examples/demo.py --port 5000``) and open the URL
+it prints. Layout:
+
+- ``/``, ``/login``, ``/logout``: the app (a page, a session cookie via flask-login);
+- ``/api/tokenreq/token`` and ``/api/tokenreq/tokenreq.js``: the issuer, which
+  signs TokenRequests for the signed-in user, and the browser helper;
+- ``/provider/keys/<keyName>/requestToken``, ``/provider/time``: the provider
+  (``TOKENREQ_PROVIDER_URL_PREFIX``, default ``/provider``), and
+  ``/provider/channels/<name>/messages``: the channel resource it guards.
+
+The page gets a token with ``tokenreq.js``, shows its clientId, capability and
+time left, publishes and lists events, and says clearly when the provider
+refuses an action (bob may not publish).
+
+Everything is on SQLite in the instance folder (nonces, messages). Without
+``TOKENREQ_KEY``, ``TOKENREQ_SIGNING_SECRET`` or ``FLASK_SECRET_KEY`` it uses
+development values and logs a warning: never deploy those. Every ``TOKENREQ_*``
+environment variable is read (JSON-parsed). Demo settings:
+
+- ``TOKENREQ_TTL``: the issuer's token ttl (ms, default 60 min); a page may ask
+  for less with ``/?ttl=<ms>``.
+- ``TOKENREQ_DEMO_PROVIDER_URL``: where the page finds the provider when it runs
+  on another origin (e.g. ``http://localhost:5001/provider``); that provider
+  must list this page's origin in ``TOKENREQ_PROVIDER_CORS_ORIGINS``.
+- ``TOKENREQ_DEMO_POLL_MS``: how often the page refreshes the event list
+  (default 5000; ``0`` = only on demand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, redirect, render_template, request, url_for
+from flask_login import LoginManager, current_user, login_user, logout_user
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+if not __package__:  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from examples.issuer_app import DEV_TOKENREQ_KEY, USERS, User
+from examples.provider_app import DEV_SIGNING_SECRET, MessageStore, channels_blueprint
+from flask_tokenreq import config
+from flask_tokenreq.clock import Clock
+from flask_tokenreq.clock import now_ms as wall_clock
+from flask_tokenreq.errors import ConfigError, TokenReqError
+from flask_tokenreq.http import Cors, error_response
+from flask_tokenreq.issuer import TokenIssuer
+from flask_tokenreq.provider import CORS_HEADERS, TokenProvider
+
+log = logging.getLogger("examples.demo")
+
+HERE = Path(__file__).resolve().parent
+#: Default instance folder (nonce store, messages): ``instance/`` in the checkout.
+DEFAULT_INSTANCE = HERE.parent / "instance"
+ISSUER_PREFIX = "/api/tokenreq"
+DEFAULT_PROVIDER_PREFIX = "/provider"
+DEFAULT_POLL_MS = 5000
+#: A development session key, the same in every worker process. Never deploy it.
+DEV_SECRET_KEY = "dev-only-demo-session-key-0123456789abcdef"
+#: Shown on the sign-in page and printed at start-up.
+DEMO_LOGINS = (
+    ("alice", "alice-password", "may publish, subscribe and read history"),
+    ("bob", "bob-password", "may only subscribe and read history: publishing is refused"),
+)
+
+
+def create_app(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    instance_path: str | os.PathLike[str] | None = None,
+    now_ms: Clock = wall_clock,
+) -> Flask:
+    """The demo app; ``overrides`` are applied to ``app.config`` last.
+
+    ``now_ms`` is the clock of the issuer, the provider and the message store
+    (tests inject a fake one to expire tokens without waiting).
+    """
+    app = Flask(__name__, instance_path=str(instance_path or DEFAULT_INSTANCE))
+    config.from_env(app.config)  # every TOKENREQ_* variable, JSON-parsed
+    app.config.from_prefixed_env()  # FLASK_SECRET_KEY -> SECRET_KEY
+    app.config.update(overrides or {})
+    _development_defaults(app)
+    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    app.config.setdefault("TOKENREQ_PROVIDER_URL_PREFIX", DEFAULT_PROVIDER_PREFIX)
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    # -- the app: users and sessions ------------------------------------------------
+    login = LoginManager(app)
+
+    @login.user_loader
+    def load_user(user_id: str) -> User | None:
+        return User(user_id) if user_id in USERS else None
+
+    # -- the issuer: signs TokenRequests for the signed-in user ---------------------
+    issuer = TokenIssuer(app, url_prefix=ISSUER_PREFIX, now_ms=now_ms)
+
+    @issuer.client_id_loader
+    def client_id(user: User) -> str:
+        return str(user.id)
+
+    @issuer.capability_loader
+    def capability(user: User, req: object) -> dict[str, list[str]]:
+        return {"*": USERS[user.id][1]}
+
+    # -- the provider and the channel resource it guards ------------------------------
+    provider = TokenProvider(app, now_ms=now_ms)  # at TOKENREQ_PROVIDER_URL_PREFIX
+    provider_prefix = _provider_prefix(app)
+    database = config.get_str(app.config, "TOKENREQ_MESSAGES_DATABASE")
+    if not database:
+        database = "sqlite:///" + os.path.join(app.instance_path, "demo-messages.sqlite3")
+    store = MessageStore(database)
+    app.extensions["demo_messages"] = store
+    cors = Cors(
+        config.get_str_list(app.config, "TOKENREQ_PROVIDER_CORS_ORIGINS"), headers=CORS_HEADERS
+    )
+    app.register_blueprint(
+        channels_blueprint(provider, store, cors=cors, now_ms=now_ms),
+        url_prefix=provider_prefix or None,
+    )
+
+    # -- the page ---------------------------------------------------------------------
+    provider_url = config.get_str(app.config, "TOKENREQ_DEMO_PROVIDER_URL") or provider_prefix
+    provider_url = provider_url.rstrip("/")
+    provider_origin = _origin(provider_url)
+    poll_ms = config.get_int(app.config, "TOKENREQ_DEMO_POLL_MS", DEFAULT_POLL_MS, minimum=0)
+
+    def page(next_url: str, error: str | None = None, status: int = 200) -> Response:
+        settings = {
+            "authUrl": url_for("tokenreq_issuer.token"),
+            "providerUrl": provider_url,
+            "pollMs": poll_ms,
+            "user": current_user.id if current_user.is_authenticated else None,
+        }
+        html = render_template(
+            "demo.html",
+            settings=settings,
+            error=error,
+            logins=DEMO_LOGINS,
+            provider_url=provider_url,
+            issuer_prefix=ISSUER_PREFIX,
+            next_url=_safe_next(next_url),
+        )
+        response = Response(html, status=status, mimetype="text/html")
+        connect = " ".join(["'self'", *([provider_origin] if provider_origin else [])])
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'self'; connect-src {connect}; base-uri 'none'; "
+            "form-action 'self'; frame-ancestors 'none'; object-src 'none'"
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.before_request
+    def same_origin_forms() -> BaseResponse | None:
+        """Sign-in and sign-out forms are only accepted from this site's own pages."""
+        origin = request.headers.get("Origin")
+        form = request.method == "POST" and request.endpoint in ("do_login", "do_logout")
+        if form and origin and urlsplit(origin).netloc != request.host:
+            return Response("Cross-site form refused", status=403, mimetype="text/plain")
+        return None
+
+    @app.get("/")
+    def index() -> Response:
+        return page(request.full_path if request.query_string else "/")
+
+    @app.post("/login")
+    def do_login() -> BaseResponse:
+        username = request.form.get("username", "")
+        password = request.form.get("password", "")
+        entry = USERS.get(username)
+        expected = entry[0] if entry else "\0"
+        if not (hmac.compare_digest(password.encode(), expected.encode()) and entry is not None):
+            next_url = request.form.get("next") or "/"
+            return page(next_url, error="Wrong username or password.", status=401)
+        login_user(User(username))
+        return redirect(_safe_next(request.form.get("next")), code=303)
+
+    @app.get("/login")
+    def login_page() -> BaseResponse:
+        return redirect(url_for("index"))
+
+    @app.post("/logout")
+    def do_logout() -> BaseResponse:
+        logout_user()
+        return redirect(_safe_next(request.form.get("next")), code=303)
+
+    # Errors under the provider prefix are Ably errors (JSON); elsewhere HTML.
+    @app.errorhandler(TokenReqError)
+    def ably_error(exc: TokenReqError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> BaseResponse | HTTPException:
+        if provider_prefix and request.path.startswith(provider_prefix + "/"):
+            status = exc.code or 500
+            response = error_response(TokenReqError(exc.name, code=status * 100, status=status))
+            return cors.apply(request, response)
+        return exc
+
+    return app
+
+
+def _provider_prefix(app: Flask) -> str:
+    """Where the provider is mounted (``TOKENREQ_PROVIDER_URL_PREFIX``, validated)."""
+    prefix = config.get_str(app.config, "TOKENREQ_PROVIDER_URL_PREFIX") or ""
+    return prefix.rstrip("/")
+
+
+def _development_defaults(app: Flask) -> None:
+    """Development keys when none are configured, with a warning for each."""
+    conf = app.config
+    if not conf.get("SECRET_KEY"):
+        log.warning("FLASK_SECRET_KEY is not set: using the development session key")
+        conf["SECRET_KEY"] = DEV_SECRET_KEY
+    if not config.lookup(conf, "TOKENREQ_KEY"):
+        log.warning("TOKENREQ_KEY is not set: using a development key (never deploy it)")
+        conf["TOKENREQ_KEY"] = DEV_TOKENREQ_KEY
+    if not config.lookup(conf, "TOKENREQ_PROVIDER_KEYS"):
+        conf["TOKENREQ_PROVIDER_KEYS"] = [config.lookup(conf, "TOKENREQ_KEY")]
+    if not config.lookup(conf, "TOKENREQ_SIGNING_SECRET"):
+        log.warning("TOKENREQ_SIGNING_SECRET is not set: using a development value")
+        conf["TOKENREQ_SIGNING_SECRET"] = DEV_SIGNING_SECRET
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute URL; ``None`` for a path."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError("TOKENREQ_DEMO_PROVIDER_URL must be an http(s) URL or a path")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _safe_next(target: str | None) -> str:
+    """A local path to go back to after signing in or out; anything else is ``/``."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target.rstrip("?") or "/"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="flask-tokenreq demo: " + __doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else host
+    prefix = _provider_prefix(app)
+    lines = [
+        "",
+        "flask-tokenreq demo",
+        f"  Open http://{shown}:{args.port}/",
+        "  Demo logins:",
+        *(f"    {name} / {password}  ({what})" for name, password, what in DEMO_LOGINS),
+        f"  App /   Issuer {ISSUER_PREFIX}/token   Provider {prefix or '/'}",
+        f"  Data (SQLite): {app.instance_path}",
+        "  Tip: /?ttl=20000 asks for 20 s tokens, to watch them renew.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+    app.run(host=args.host, port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()
