@@ -12,9 +12,11 @@ The operation ``*`` stands for every operation.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 from .errors import BadRequest
@@ -120,7 +122,80 @@ def canonical_capability(value: str | Mapping[str, Any] | Capability) -> str:
     Keys and each operation list sorted by UTF-16 code units, duplicates kept,
     compact separators, non-ASCII as is. Byte-identical to ably-js.
     """
-    grants = _load(value)
+    # Fast paths (results identical to the general one below): JSON text and
+    # plain dicts of lists of str are looked up in small caches, since signers
+    # pass the same capabilities again and again.
+    if type(value) is str:
+        if len(value) <= _CACHE_MAX_TEXT:
+            return _canonical_text(value)
+    elif type(value) is dict:
+        last = _last_plain
+        if last is not None and value == last[0]:
+            return last[1]
+        items = _plain_items(value)
+        if items is not None:
+            text = _canonical_items(items)
+            _remember_plain(items, text)
+            return text
+    elif isinstance(value, Capability):
+        return value.canonical  # computed once per object
+    return _canonical_grants(_load(value))
+
+
+#: Longest capability text kept in the cache (longer ones are canonicalised each time).
+_CACHE_MAX_TEXT = 2048
+_CACHE_MAX_ITEMS = 32
+
+
+def _plain_items(value: dict[Any, Any]) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """``value`` as a hashable cache key when every name and operation is exactly a
+    ``str`` and every operation list a list or tuple; else ``None`` (general path)."""
+    if len(value) > _CACHE_MAX_ITEMS:
+        return None
+    items = []
+    for resource, ops in value.items():
+        kind = type(ops)
+        if type(resource) is not str or (kind is not list and kind is not tuple):
+            return None
+        if len(ops) > _CACHE_MAX_ITEMS:
+            return None
+        for op in ops:
+            if type(op) is not str:
+                return None
+        items.append((resource, tuple(ops)))
+    return tuple(items)
+
+
+#: The last plain dict canonicalised (a copy) and its text: the common case of
+#: one capability signed again and again costs one dict comparison.
+_last_plain: tuple[dict[str, list[str]], str] | None = None
+
+
+def _remember_plain(items: tuple[tuple[str, tuple[str, ...]], ...], text: str) -> None:
+    global _last_plain
+    _last_plain = ({resource: list(ops) for resource, ops in items}, text)
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical_text(text: str) -> str:
+    return _canonical_grants(_load(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical_items(items: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return _canonical_grants(_check_structure(dict(items)))
+
+
+def _canonical_grants(grants: Mapping[str, Iterable[str]]) -> str:
+    """Canonical text of already validated grants."""
+    if all(r.isascii() and all(op.isascii() for op in ops) for r, ops in grants.items()):
+        # ASCII only: code-point order is UTF-16 order, and there are no
+        # surrogates to escape, so the C JSON string encoder gives the same text.
+        parts = [
+            _json_string(resource) + ":[" + ",".join(map(_json_string, sorted(ops))) + "]"
+            for resource, ops in _js_key_order_ascii(grants)
+        ]
+        return "{" + ",".join(parts) + "}"
     parts = [
         _js_string(resource)
         + ":["
@@ -129,6 +204,19 @@ def canonical_capability(value: str | Mapping[str, Any] | Capability) -> str:
         for resource in _js_key_order(grants)
     ]
     return "{" + ",".join(parts) + "}"
+
+
+def _js_key_order_ascii(
+    grants: Mapping[str, Iterable[str]],
+) -> list[tuple[str, Iterable[str]]]:
+    """:func:`_js_key_order` for ASCII keys, with their values."""
+    ordered = sorted(grants.items())
+    if not any(r[:1].isdigit() and _is_array_index(r) for r, _ in ordered):
+        return ordered
+    indexes = sorted(
+        (item for item in ordered if _is_array_index(item[0])), key=lambda i: int(i[0])
+    )
+    return indexes + [item for item in ordered if not _is_array_index(item[0])]
 
 
 def _split_qualifier(pattern: str) -> tuple[str | None, str]:
@@ -175,6 +263,21 @@ class Capability:
             return cls()
         if isinstance(value, Capability):
             return value
+        if cls is Capability:
+            # Capabilities are immutable: equal inputs may share one parsed object
+            # (and its cached canonical text). Same results as the line below.
+            if type(value) is str:
+                if len(value) <= _CACHE_MAX_TEXT:
+                    return _parse_text(value)
+            elif type(value) is dict:
+                last = _last_parsed
+                if last is not None and list(value.items()) == last[0]:
+                    return last[1]
+                items = _plain_items(value)
+                if items is not None:
+                    parsed = Capability(_check_structure(value))
+                    _remember_parsed(items, parsed)
+                    return parsed
         return cls(_load(value))
 
     @classmethod
@@ -186,7 +289,7 @@ class Capability:
     def canonical(self) -> str:
         """The canonical text (what ably-js would sign for this capability)."""
         if self._canonical is None:
-            object.__setattr__(self, "_canonical", canonical_capability(self))
+            object.__setattr__(self, "_canonical", _canonical_grants(self._grants))
         assert self._canonical is not None
         return self._canonical
 
@@ -251,3 +354,17 @@ class Capability:
 
 def _normal(cap: Capability) -> dict[str, frozenset[str]]:
     return {r: frozenset(ops) for r, ops in cap._grants.items() if ops}
+
+
+#: The last plain dict parsed (its items, copied) and the result; see Capability.parse.
+_last_parsed: tuple[list[tuple[str, list[str]]], Capability] | None = None
+
+
+def _remember_parsed(items: tuple[tuple[str, tuple[str, ...]], ...], parsed: Capability) -> None:
+    global _last_parsed
+    _last_parsed = ([(resource, list(ops)) for resource, ops in items], parsed)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(text: str) -> Capability:
+    return Capability(_load(text))

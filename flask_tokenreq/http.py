@@ -21,8 +21,10 @@ MSGPACK = "application/x-msgpack"
 
 
 def no_store(response: Response) -> Response:
-    response.headers["Cache-Control"] = "no-store"
-    response.headers.setdefault("Pragma", "no-cache")
+    headers = response.headers
+    headers["Cache-Control"] = "no-store"
+    if "Pragma" not in headers:  # headers.setdefault, without its second lookup
+        headers.add("Pragma", "no-cache")
     return response
 
 
@@ -87,6 +89,8 @@ class Cors:
         return bool(self.origins)
 
     def allowed(self, request: Request) -> str | None:
+        if not self.origins:
+            return None  # no allow-list: nothing to look up
         origin = request.headers.get("Origin")
         return origin if origin and origin in self.origins else None
 
@@ -102,7 +106,10 @@ class Cors:
         return self.apply(request, response)
 
     def apply(self, request: Request, response: Response) -> Response:
-        response.vary.add("Origin")
+        if "Vary" in response.headers:
+            response.vary.add("Origin")
+        else:
+            response.headers["Vary"] = "Origin"  # what vary.add gives, without parsing
         origin = self.allowed(request)
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin

@@ -316,9 +316,9 @@ class TokenIssuer:
         key, key_name = _key(settings)
         if getattr(current_app, "login_manager", None) is None:
             raise InternalError("Token issuer needs flask-login: set up a LoginManager")
-        if not current_user.is_authenticated:
+        user = current_user._get_current_object()  # resolve the proxy once
+        if not user.is_authenticated:
             raise Unauthorized("Login required: sign in to get a token")
-        user = current_user._get_current_object()
         for authorizer in self._authorizers:
             if not authorizer(user, request):
                 raise Forbidden("Not allowed to obtain a token")
@@ -480,7 +480,8 @@ def _key(settings: IssuerSettings) -> tuple[str, str]:
 
 def _request_params(req: Request) -> dict[str, Any]:
     """Query params merged with a form or JSON body (body wins); empty = absent."""
-    params: dict[str, Any] = dict(req.args.items())
+    # No query string (the common GET from ably-js without authParams): skip parsing it.
+    params: dict[str, Any] = dict(req.args.items()) if req.query_string else {}
     if req.method == "POST":
         if req.is_json:
             body = _read_json_body(req)

@@ -349,7 +349,7 @@ class TokenProvider:
         if treq.capability is None or treq.capability == "":
             capability = key.capability
         else:
-            capability = Capability.parse(treq.capability).intersect(key.capability)
+            capability = _granted_capability(treq.capability, key.capability)
         if capability.is_empty():
             raise CapabilityNotPermitted(
                 "Capability not permitted: the requested capability and the key's "
@@ -469,6 +469,29 @@ def current_identity() -> Identity | None:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+#: (requested text, id(key capability)) -> (key capability, granted); see below.
+_granted_cache: dict[tuple[str, int], tuple[Capability, Capability]] = {}
+_GRANTED_CACHE_SIZE = 1024
+
+
+def _granted_capability(requested: str, key_capability: Capability) -> Capability:
+    """``Capability.parse(requested).intersect(key_capability)``, cached.
+
+    Clients request the same few capabilities over and over; the result is
+    immutable (its canonical text is then computed once). Only reached after
+    the MAC verified, so only key holders fill the cache, which is bounded.
+    """
+    cache_key = (requested, id(key_capability))
+    hit = _granted_cache.get(cache_key)
+    if hit is not None and hit[0] is key_capability:
+        return hit[1]
+    granted = Capability.parse(requested).intersect(key_capability)
+    if len(_granted_cache) >= _GRANTED_CACHE_SIZE:
+        _granted_cache.clear()
+    _granted_cache[cache_key] = (key_capability, granted)
+    return granted
 
 
 def _read_body(req: Request, max_bytes: int) -> Any:

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from .clock import Clock, now_ms
 from .config import get_int, get_str
 from .errors import ConfigError, InvalidCredentials, InvalidToken, TokenExpired
 from .keys import ApiKey, KeyStore
+from .tokenrequest import _hmac_key_pads, _hmac_sha256, _make_pads, random_bytes
 
 #: Algorithms the provider can sign its tokens with.
 ALGORITHMS = ("HS256", "EdDSA", "ES256")
@@ -61,6 +61,10 @@ _ABLY_TYPES = frozenset({"jwt", "application/jwt"})
 _MAX_ID_CHARS = 256
 _ALL_CANONICAL = Capability.all().canonical
 _ALGORITHM_OBJECTS = jwt.algorithms.get_default_algorithms()
+_HS256 = _ALGORITHM_OBJECTS["HS256"]
+#: Bounds of TokenService's verified-token cache (entries; characters per token).
+_VERIFIED_CACHE_SIZE = 4096
+_VERIFIED_MAX_CHARS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +297,12 @@ class TokenService:
         self._alg = _ALGORITHM_OBJECTS[algorithm]
         self._hs256 = _ALGORITHM_OBJECTS["HS256"]
         self._public_jwk: dict[str, Any] | None = None
+        self._hs_pads: Any = None
+        #: Our tokens whose header and signature verified: token -> payload (read
+        #: only). A bearer token is sent with every request; a hit skips the
+        #: parsing and the signature check (the same string verified before,
+        #: under this service's key), never the claim checks.
+        self._verified: dict[str, Mapping[str, Any]] = {}
         self._signing_key: Any
         self._verifying_key: Any
         if algorithm == "HS256":
@@ -311,6 +321,8 @@ class TokenService:
                 )
             try:
                 self._signing_key = self._verifying_key = self._alg.prepare_key(raw)
+                # HS256 is computed from precomputed HMAC key blocks (same result as PyJWT's).
+                self._hs_pads = _make_pads(self._signing_key)
             except jwt.InvalidKeyError:
                 raise ConfigError(
                     "TOKENREQ_SIGNING_SECRET looks like a PEM or SSH key: use a random secret "
@@ -397,7 +409,8 @@ class TokenService:
         expires_ms: int,
     ) -> IssuedToken:
         """Sign a token. ``exp`` is rounded up to a whole second."""
-        token_id = secrets.token_urlsafe(16)
+        # The form of secrets.token_urlsafe(16): 128 bits, 22 characters.
+        token_id = base64.urlsafe_b64encode(random_bytes(16)).rstrip(b"=").decode("ascii")
         iat = issued_ms // 1000
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -412,7 +425,10 @@ class TokenService:
             claims["clientId"] = client_id
         body = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         signing_input = f"{self._header_segment}.{_b64url(body)}"
-        signature = self._alg.sign(signing_input.encode("ascii"), self._signing_key)
+        if self.algorithm == "HS256":
+            signature = _hmac_sha256(self._hs_pads, signing_input.encode("ascii"))
+        else:
+            signature = self._alg.sign(signing_input.encode("ascii"), self._signing_key)
         token = f"{signing_input}.{_b64url(signature)}"
         return IssuedToken(
             token=token,
@@ -434,6 +450,11 @@ class TokenService:
         """
         if not isinstance(token, str) or len(token) > self.max_token_bytes:
             raise InvalidToken(f"token is larger than {self.max_token_bytes} bytes")
+        verified = self._verified.get(token)
+        if verified is not None:
+            # This exact string passed the header and signature checks before:
+            # only the claims are checked again (time, key status, capability).
+            return self._claims_ours(verified, keys)
         if _COMPACT.fullmatch(token) is None:
             raise InvalidToken("token is not a signed compact JWT")
         header_seg, payload_seg, signature_seg = token.split(".")
@@ -449,17 +470,31 @@ class TokenService:
             raise InvalidToken("token header uses an unsupported extension (crit/b64)")
         typ = header.get("typ")
         if isinstance(typ, str) and typ.lower() in _OUR_TYPES:
-            return self._verify_ours(signed, header, payload, keys)
+            identity = self._verify_ours(signed, header, payload, keys)
+            if header_seg == self._header_segment and len(token) <= _VERIFIED_MAX_CHARS:
+                if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                    self._verified.clear()
+                self._verified[token] = payload
+            return identity
         if typ is None or (isinstance(typ, str) and typ.lower() in _ABLY_TYPES):
             return self._verify_ably(signed, header, payload, keys)
         raise InvalidToken("token type (typ) is not accepted")
 
     @staticmethod
     def _check_signature(signed: _Signed, algorithm: Any, key: Any) -> None:
-        """Verify with PyJWT's algorithm object for the pinned algorithm."""
+        """Verify with PyJWT's algorithm object for the pinned algorithm.
+
+        HS256 (``algorithm`` is PyJWT's HS256 object, ``key`` bytes) is checked
+        the way PyJWT does it (``hmac.compare_digest`` of the expected MAC),
+        with the MAC computed from cached HMAC key blocks.
+        """
         signature = _signature_bytes(signed.signature)
         try:
-            valid = algorithm.verify(signed.signing_input, key, signature)
+            if algorithm is _HS256 and isinstance(key, bytes):
+                expected = _hmac_sha256(_hmac_key_pads(key), signed.signing_input)
+                valid = hmac.compare_digest(signature, expected)
+            else:
+                valid = algorithm.verify(signed.signing_input, key, signature)
         except (jwt.PyJWTError, ValueError, TypeError):
             valid = False
         if not valid:
@@ -491,6 +526,10 @@ class TokenService:
         if header.get("kid") != self.key_id:
             raise InvalidToken("token was not signed with the current signing key (kid)")
         self._check_signature(signed, self._alg, self._verifying_key)
+        return self._claims_ours(payload, keys)
+
+    def _claims_ours(self, payload: Mapping[str, Any], keys: KeyStore) -> Identity:
+        """The checks of one of our tokens after its signature verified."""
         if payload.get("iss") != self.issuer:
             raise InvalidToken("token issuer (iss) is not accepted")
         jti = _required_string(payload, "jti")
