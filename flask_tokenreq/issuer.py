@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import jwt
-import requests
 from flask import Blueprint, Flask, Request, Response, current_app, request
 from flask_login import current_user  # type: ignore[import-untyped]
 from werkzeug.exceptions import HTTPException
 
 from . import config as cfg
 from .capability import Capability, InvalidCapability
+from .client import ProviderUnreachable, exchange
 from .clock import Clock, now_ms
 from .errors import (
     BadRequest,
@@ -55,7 +55,7 @@ from .errors import (
     TokenReqError,
     Unauthorized,
 )
-from .http import JSON, JWT, Cors, error_response, json_response, no_store
+from .http import JWT, Cors, error_response, json_response, no_store
 from .tokenrequest import TokenRequest, sign_token_request
 
 __all__ = [
@@ -79,8 +79,6 @@ DEFAULT_PROVIDER_TIMEOUT = 10.0
 FORMATS = ("tokenrequest", "jwt", "token")
 #: Largest JSON body the endpoint reads.
 MAX_BODY = 64 * 1024
-#: Largest TokenDetails body read from the provider.
-MAX_PROVIDER_BODY = 256 * 1024
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
 
@@ -97,12 +95,8 @@ _A = TypeVar("_A", bound=Authorizer)
 _P = TypeVar("_P", bound=ProjectLoader)
 
 
-class ProviderUnavailable(TokenReqError):
-    """The token provider could not be reached (``format=token``)."""
-
-    code = 50003
-    status = 503
-    default_message = "Token provider unavailable; try again later"
+#: The provider could not be reached (``format=token``): 503, code 50003.
+ProviderUnavailable = ProviderUnreachable
 
 
 @dataclass(frozen=True)
@@ -572,43 +566,13 @@ def _loaded_capability(value: object, hook: str) -> Capability | None:
 
 
 def _request_token(provider_url: str, token_request: TokenRequest, *, timeout: float) -> Any:
-    """POST the TokenRequest to ``<provider>/keys/<keyName>/requestToken``.
+    """Exchange at ``<provider>/keys/<keyName>/requestToken`` (:func:`client.exchange`).
 
-    Returns the provider's TokenDetails. Provider errors are raised with their
-    code, message and status; an unreachable provider is 503 (50003).
+    Provider errors are raised with their code, message and status. An
+    unreachable provider is 503 (50003), its address kept out of the answer.
     """
-    url = f"{provider_url}/keys/{quote(token_request.key_name, safe='')}/requestToken"
     try:
-        resp = requests.post(
-            url,
-            data=token_request.to_json().encode("utf-8"),
-            headers={"Content-Type": JSON, "Accept": JSON},
-            timeout=timeout,
-            allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        logger.warning("token provider unreachable at %s: %s", provider_url, type(exc).__name__)
+        return exchange(token_request, provider_url, timeout=timeout)
+    except ProviderUnreachable as exc:
+        logger.warning("token provider unreachable: %s", exc.message)
         raise ProviderUnavailable("Token provider unreachable; try again later") from None
-    try:
-        body = resp.json() if len(resp.content) <= MAX_PROVIDER_BODY else None
-    except ValueError:
-        body = None
-    if 200 <= resp.status_code < 300:
-        if isinstance(body, dict) and isinstance(body.get("token"), str):
-            return body
-        raise TokenReqError("Token provider answered without TokenDetails", status=502)
-    error = body.get("error") if isinstance(body, dict) else None
-    code: Any = error.get("code") if isinstance(error, dict) else None
-    message: Any = error.get("message") if isinstance(error, dict) else None
-    if code is None:
-        code = resp.headers.get("X-Ably-ErrorCode")
-        message = message or resp.headers.get("X-Ably-ErrorMessage")
-    try:
-        code = int(code)
-    except (TypeError, ValueError):
-        code = None
-    status = resp.status_code if 400 <= resp.status_code <= 599 else 502
-    if code is None or not 10000 <= code <= 99999:
-        raise TokenReqError(f"Token provider answered HTTP {resp.status_code}", status=502)
-    text = message if isinstance(message, str) and message else "Token provider refused"
-    raise TokenReqError(text[:500], code=code, status=status)
