@@ -31,7 +31,7 @@ from requests.cookies import extract_cookies_to_jar
 from . import errors
 from .capability import Capability
 from .clock import Clock, now_ms
-from .errors import TokenReqError
+from .errors import AuthUrlError, ProviderUnreachable, TokenReqError
 from .tokenrequest import TokenRequest, sign_token_request
 
 __all__ = [
@@ -50,29 +50,11 @@ RENEWABLE_CODES = range(40140, 40150)
 _USER_AGENT = "flask-tokenreq-client"
 
 
-class ProviderUnreachable(TokenReqError):
-    """The provider or authUrl could not be reached (connection, timeout, TLS)."""
-
-    code = 50003
-    status = 503
-    default_message = "Token provider unreachable"
-
-
-class AuthUrlError(TokenReqError):
-    """The authUrl answered with something that is not a token (Ably's 40170)."""
-
-    code = 40170
-    status = 401
-    default_message = "Error from authUrl"
-
-
 def _error_classes() -> dict[int, type[TokenReqError]]:
     table: dict[int, type[TokenReqError]] = {}
     for obj in vars(errors).values():
         if isinstance(obj, type) and issubclass(obj, TokenReqError):
             table.setdefault(obj.code, obj)
-    for cls in (ProviderUnreachable, AuthUrlError):
-        table.setdefault(cls.code, cls)
     return table
 
 

@@ -150,5 +150,21 @@ class StoreUnavailable(TokenReqError):
     default_message = "Store unavailable; request refused"
 
 
+class ProviderUnreachable(TokenReqError):
+    """The provider or authUrl could not be reached (connection, timeout, TLS)."""
+
+    code = 50003
+    status = 503
+    default_message = "Token provider unreachable"
+
+
+class AuthUrlError(TokenReqError):
+    """The authUrl answered with something that is not a token (Ably's 40170)."""
+
+    code = 40170
+    status = 401
+    default_message = "Error from authUrl"
+
+
 class ConfigError(ValueError):
     """A ``TOKENREQ_*`` setting is missing or malformed. Raised by ``init_app``."""
