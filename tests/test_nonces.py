@@ -378,9 +378,10 @@ def test_processes_claim_each_nonce_exactly_once(backend: Backend) -> None:
     count = 150
     results = _run_processes(backend.url, backend.key_name, processes=4, count=count)
     won = sorted(i for r in results for i in r)
+    # Every process claimed every nonce (a failed claim would exit non-zero) and
+    # each nonce was won exactly once. How the wins split between processes is up
+    # to the scheduler (one fast process may win them all), so it is not asserted.
     assert won == list(range(count))
-    # Each process won some: they really raced (same order for two, reversed for two).
-    assert sum(1 for r in results if r) >= 2
 
 
 def test_memory_store_is_per_process(unique: str) -> None:
