@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,8 @@ from flask_tokenreq.tokenrequest import FIELDS, InvalidTokenRequest, check_mac, 
 
 from .conftest import KEY, KEY_NAME, SECRET
 
-# The shared vectors live beside the checkout (../shared), as in CI.
-VECTORS_PATH = Path(
-    os.environ.get(
-        "TOKENREQ_VECTORS",
-        Path(__file__).resolve().parents[2] / "shared" / "vectors" / "ably-token-requests.json",
-    )
-)
+# The Ably vectors, committed under tests/data (see tests/data/README.md).
+VECTORS_PATH = Path(__file__).resolve().parent / "data" / "ably-token-requests.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())["vectors"]
 
 
