@@ -28,7 +28,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, request
-from werkzeug.exceptions import HTTPException
 
 from flask_tokenreq import config
 from flask_tokenreq.clock import Clock, now_ms
@@ -38,8 +37,9 @@ from flask_tokenreq.errors import (
     InvalidClientId,
     InvalidParameter,
     TokenReqError,
+    ably_errors,
 )
-from flask_tokenreq.http import JSON, MSGPACK, Cors, error_response, no_store
+from flask_tokenreq.http import JSON, MSGPACK, Cors, no_store
 from flask_tokenreq.provider import CORS_HEADERS, TokenProvider, current_identity
 from flask_tokenreq.tokens import Identity
 
@@ -370,10 +370,7 @@ def channels_blueprint(
             cors.apply(request, response)
         return response
 
-    @bp.errorhandler(TokenReqError)
-    def ably_error(exc: TokenReqError) -> Response:
-        return error_response(exc)
-
+    ably_errors(bp)  # 404/405/413 and the unexpected as Ably errors, too
     return bp
 
 
@@ -421,20 +418,7 @@ def create_app(
         channels_blueprint(provider, store, max_bytes=max_bytes, cors=cors, now_ms=now_ms)
     )
 
-    @app.errorhandler(TokenReqError)
-    def ably_error(exc: TokenReqError) -> Response:
-        return error_response(exc)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        return error_response(TokenReqError(exc.name, code=status * 100, status=status))
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        log.error("unexpected error", exc_info=exc)
-        return error_response(TokenReqError("Internal error"))
-
+    ably_errors(app)  # every error of the app answers in Ably's format
     return app
 
 

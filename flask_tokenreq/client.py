@@ -28,10 +28,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import requests
 from requests.cookies import extract_cookies_to_jar
 
-from . import errors
 from .capability import Capability
 from .clock import Clock, now_ms
-from .errors import AuthUrlError, ProviderUnreachable, TokenReqError
+from .errors import AuthUrlError, ProviderUnreachable, TokenReqError, error_for_code
 from .tokenrequest import TokenRequest, sign_token_request
 
 __all__ = [
@@ -50,21 +49,9 @@ RENEWABLE_CODES = range(40140, 40150)
 _USER_AGENT = "flask-tokenreq-client"
 
 
-def _error_classes() -> dict[int, type[TokenReqError]]:
-    table: dict[int, type[TokenReqError]] = {}
-    for obj in vars(errors).values():
-        if isinstance(obj, type) and issubclass(obj, TokenReqError):
-            table.setdefault(obj.code, obj)
-    return table
-
-
-_ERRORS = _error_classes()
-
-
 def make_error(code: int, status: int, message: str) -> TokenReqError:
     """The :class:`TokenReqError` subclass for ``code`` (the base when unknown)."""
-    cls = _ERRORS.get(code, TokenReqError)
-    return cls(message, code=code, status=status)
+    return error_for_code(code, status, message)
 
 
 def _safe_url(url: str) -> str:

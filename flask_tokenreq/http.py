@@ -1,17 +1,21 @@
-"""HTTP helpers shared by the blueprints: Ably error responses, JSON, CORS.
+"""HTTP helpers shared by the blueprints: JSON and msgpack bodies, bounded reads, CORS.
 
-JSON is always sent as exactly ``application/json`` (ably-js drops an error
-body served with a charset) with ``Cache-Control: no-store`` (a cached
-TokenRequest is a replayed nonce).
+JSON is always sent as exactly ``application/json`` (ably-js drops a body
+served with a charset) with ``Cache-Control: no-store`` (a cached
+TokenRequest is a replayed nonce) and ``X-Content-Type-Options: nosniff``.
+Errors render themselves (:class:`~flask_tokenreq.errors.TokenReqError`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Request, Response
+import msgpack
+from flask import Request, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import InvalidBody, TokenReqError
 
@@ -21,48 +25,88 @@ MSGPACK = "application/x-msgpack"
 
 
 def no_store(response: Response) -> Response:
+    """Forbid caching (a cached TokenRequest or token is a replay waiting to happen)."""
     headers = response.headers
     headers["Cache-Control"] = "no-store"
-    if "Pragma" not in headers:  # headers.setdefault, without its second lookup
-        headers.add("Pragma", "no-cache")
+    headers.setdefault("Pragma", "no-cache")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
 
 def json_response(data: Any, status: int = 200) -> Response:
+    """``data`` as compact JSON, exactly ``application/json``, not cacheable."""
     body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     return no_store(Response(body, status=status, mimetype=JSON))
 
 
-def _header_safe(text: str) -> str:
-    # Header values must be single-line latin-1; ably-js reads them verbatim.
-    flat = " ".join(text.split())
-    return flat.encode("latin-1", "replace").decode("latin-1")[:512]
+def wants_msgpack(req: Request | None = None) -> bool:
+    """Whether the client's ``Accept`` prefers msgpack (ably-js in Node by default)."""
+    req = request if req is None else req
+    accept = req.headers.get("Accept", "")
+    return "msgpack" in accept and req.accept_mimetypes.best_match((JSON, MSGPACK)) == MSGPACK
 
 
-def error_response(error: TokenReqError) -> Response:
-    """The Ably error body, status and ``X-Ably-ErrorCode``/``-Message`` headers."""
-    response = json_response(error.to_dict(), error.status)
-    response.headers["X-Ably-ErrorCode"] = str(error.code)
-    response.headers["X-Ably-ErrorMessage"] = _header_safe(error.message)
-    if error.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tokenreq"'
-    return response
+def ably_response(data: Any, status: int = 200) -> Response:
+    """``data`` in the format the Ably client asked for: msgpack or JSON, by ``Accept``.
+
+    ably-js decodes a 2xx body in the format it put first in ``Accept``, so a
+    view serving Ably clients answers with this. Binary message ``data``
+    stays binary in msgpack; in JSON it becomes base64, with ``base64``
+    appended to the message's ``encoding``, as Ably does.
+    """
+    if wants_msgpack():
+        body = msgpack.packb(data, use_bin_type=True)
+        return no_store(Response(body, status=status, mimetype=MSGPACK))
+    messages = [_json_message(m) for m in data] if isinstance(data, list) else _json_message(data)
+    return json_response(messages, status)
 
 
-def read_json(request: Request, *, max_bytes: int) -> Any:
-    """Parse a JSON request body of at most ``max_bytes``; raises :class:`InvalidBody`."""
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise InvalidBody(f"request body too large: at most {max_bytes} bytes")
-    raw = request.stream.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise InvalidBody(f"request body too large: at most {max_bytes} bytes")
-    if not raw:
-        raise InvalidBody("request body is empty: send a JSON object")
+def _json_message(message: Any) -> Any:
+    if not (isinstance(message, dict) and isinstance(message.get("data"), bytes)):
+        return message
+    encoding = message.get("encoding")
+    return {
+        **message,
+        "data": base64.b64encode(message["data"]).decode("ascii"),
+        "encoding": f"{encoding}/base64" if encoding else "base64",
+    }
+
+
+def read_body(req: Request, max_bytes: int, too_large: type[TokenReqError] = InvalidBody) -> bytes:
+    """The raw body, at most ``max_bytes``, chunked or not; raises ``too_large`` beyond.
+
+    Never reads more than ``max_bytes + 1`` bytes, whatever the app's own
+    ``MAX_CONTENT_LENGTH``; a body the app's limit cut short is refused, not
+    parsed truncated (werkzeug's streams end quietly at such a limit).
+    """
+    message = f"request body too large: at most {max_bytes} bytes"
+    try:
+        length = req.content_length
+        if length is not None and length > max_bytes:
+            raise too_large(message)
+        stream = req.stream
+        raw = stream.read(max_bytes + 1)
+        if len(raw) > max_bytes or (length is None and stream.read(1)):
+            raise too_large(message)
+    except RequestEntityTooLarge:
+        raise too_large(message) from None
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a JSON body; malformed or absurdly nested JSON is :class:`InvalidBody` (40001)."""
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidBody("request body is not valid JSON") from None
+
+
+def parse_msgpack(raw: bytes) -> Any:
+    """Parse a msgpack body (string keys only); anything malformed is :class:`InvalidBody`."""
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception:
+        raise InvalidBody("request body is not valid msgpack") from None
 
 
 class Cors:
@@ -88,29 +132,26 @@ class Cors:
     def __bool__(self) -> bool:
         return bool(self.origins)
 
-    def allowed(self, request: Request) -> str | None:
+    def allowed(self, req: Request) -> str | None:
         if not self.origins:
-            return None  # no allow-list: nothing to look up
-        origin = request.headers.get("Origin")
+            return None
+        origin = req.headers.get("Origin")
         return origin if origin and origin in self.origins else None
 
-    def preflight(self, request: Request) -> Response:
+    def preflight(self, req: Request) -> Response:
         """Answer an ``OPTIONS`` preflight: 204, with CORS headers only for allowed origins."""
         response = Response(status=204)
-        origin = self.allowed(request)
+        origin = self.allowed(req)
         if origin:
             response.headers["Access-Control-Allow-Methods"] = self.methods
-            requested = request.headers.get("Access-Control-Request-Headers")
+            requested = req.headers.get("Access-Control-Request-Headers")
             response.headers["Access-Control-Allow-Headers"] = self.headers or (requested or "")
             response.headers["Access-Control-Max-Age"] = self.max_age
-        return self.apply(request, response)
+        return self.apply(req, response)
 
-    def apply(self, request: Request, response: Response) -> Response:
-        if "Vary" in response.headers:
-            response.vary.add("Origin")
-        else:
-            response.headers["Vary"] = "Origin"  # what vary.add gives, without parsing
-        origin = self.allowed(request)
+    def apply(self, req: Request, response: Response) -> Response:
+        response.vary.add("Origin")
+        origin = self.allowed(req)
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
@@ -118,3 +159,8 @@ class Cors:
                 "X-Ably-ErrorCode, X-Ably-ErrorMessage"
             )
         return response
+
+
+def error_response(error: TokenReqError) -> Response:
+    """Deprecated: raise the error instead (it renders itself); kept for one release."""
+    return error.get_response()  # type: ignore[return-value]

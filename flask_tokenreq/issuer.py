@@ -22,29 +22,31 @@ header, error message or log line. See ``docs/issuer.md``.
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import logging
 import math
 import re
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl
 
 import jwt
 from flask import Blueprint, Flask, Request, Response, current_app, request
 from flask_login import current_user  # type: ignore[import-untyped]
 from werkzeug.exceptions import HTTPException
+from werkzeug.formparser import FormDataParser
 
-from . import config as cfg
+from . import settings as cfg
+from . import signals
 from .capability import Capability, InvalidCapability
-from .client import ProviderUnreachable, exchange
+from .client import exchange
 from .clock import Clock, now_ms
 from .errors import (
     BadRequest,
+    BodyTooLarge,
     CapabilityNotPermitted,
     ConfigError,
     Forbidden,
@@ -52,10 +54,12 @@ from .errors import (
     InternalError,
     InvalidBody,
     InvalidParameter,
-    TokenReqError,
+    ProviderUnreachable,
     Unauthorized,
+    ably_errors,
 )
-from .http import JWT, Cors, error_response, json_response, no_store
+from .http import JWT, Cors, json_response, no_store, parse_json, read_body
+from .keys.base import configured_key
 from .tokenrequest import TokenRequest, sign_token_request
 
 __all__ = [
@@ -70,15 +74,16 @@ logger = logging.getLogger(__name__)
 
 #: Extension name in ``app.extensions`` and blueprint name.
 EXTENSION = "tokenreq_issuer"
+#: Where the per-app state lives in ``app.extensions``.
+STATE = "tokenreq_issuer.state"
 DEFAULT_URL_PREFIX = "/tokenreq"
 #: Default (and maximum) ttl of what the issuer signs: 60 minutes, in ms.
 DEFAULT_TTL = 3_600_000
-#: Ably refuses a ttl above 24 hours.
-MAX_TTL = 86_400_000
-DEFAULT_PROVIDER_TIMEOUT = 10.0
 FORMATS = ("tokenrequest", "jwt", "token")
-#: Largest JSON body the endpoint reads.
+#: Largest request body the endpoint reads (form or JSON), chunked or not.
 MAX_BODY = 64 * 1024
+#: Most form fields parsed from a body.
+MAX_FIELDS = 64
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
 
@@ -106,85 +111,43 @@ class IssuerSettings:
     key: str | None = field(repr=False)
     key_name: str | None
     ttl: int
+    min_ttl: int
     cors: Cors = field(repr=False)
     capability: Capability | None
     provider_url: str | None
     provider_timeout: float
     url_prefix: str
 
-
-def _parse_capability(value: object, what: str) -> Capability:
-    """Parse a capability, turning every failure into :class:`InvalidCapability`."""
-    if isinstance(value, Capability):
-        return value
-    if not isinstance(value, (str, Mapping)):
-        raise InvalidCapability(
-            f"{what} must be a JSON object mapping channel names to lists of operations"
-        )
-    try:
-        return Capability.parse(value)
-    except InvalidCapability as exc:
-        raise InvalidCapability(f"{what} is invalid: {exc.message}") from None
-    except (RecursionError, TypeError, ValueError):
-        raise InvalidCapability(f"{what} is not valid JSON") from None
-
-
-def _read_settings(app: Flask, url_prefix: str | None) -> IssuerSettings:
-    """Read and validate every issuer setting; raises :class:`ConfigError`."""
-    conf = app.config
-    key = cfg.lookup(conf, "TOKENREQ_KEY")
-    key_name: str | None = None
-    if key is not None:
-        key_name, _ = cfg.check_key("TOKENREQ_KEY", key)
-    ttl = cfg.get_int(conf, "TOKENREQ_TTL", DEFAULT_TTL, minimum=1)
-    if ttl > MAX_TTL:
-        raise ConfigError(f"TOKENREQ_TTL must be at most {MAX_TTL} ms (24 hours), got {ttl}")
-    origins = cfg.get_str_list(conf, "TOKENREQ_CORS_ORIGINS")
-    for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-            raise ConfigError(
-                "TOKENREQ_CORS_ORIGINS must list exact origins like 'https://app.example' "
-                "(no '*', no path)"
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], url_prefix: str | None) -> IssuerSettings:
+        """Read and validate every issuer setting; raises :class:`ConfigError`."""
+        key = cfg.read(config, "TOKENREQ_KEY")
+        key_name = configured_key("TOKENREQ_KEY", key)[0] if key is not None else None
+        if url_prefix is None:
+            url_prefix = cfg.read(config, "TOKENREQ_ISSUER_URL_PREFIX")
+        else:
+            url_prefix = cfg.SETTINGS["TOKENREQ_ISSUER_URL_PREFIX"].check(
+                "TOKENREQ_ISSUER_URL_PREFIX", url_prefix
             )
-    capability: Capability | None = None
-    raw_cap = cfg.lookup(conf, "TOKENREQ_ISSUER_CAPABILITY")
-    if raw_cap is not None:
-        try:
-            capability = _parse_capability(raw_cap, "TOKENREQ_ISSUER_CAPABILITY")
-        except InvalidCapability as exc:
-            raise ConfigError(exc.message) from None
-    provider_url = cfg.get_str(conf, "TOKENREQ_PROVIDER_URL")
-    if provider_url is not None:
-        parts = urlsplit(provider_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError("TOKENREQ_PROVIDER_URL must be an http(s) URL")
-        provider_url = provider_url.rstrip("/")
-    timeout = cfg.lookup(conf, "TOKENREQ_PROVIDER_TIMEOUT", DEFAULT_PROVIDER_TIMEOUT)
-    if isinstance(timeout, str):
-        try:
-            timeout = float(timeout)
-        except ValueError:
-            raise ConfigError("TOKENREQ_PROVIDER_TIMEOUT must be a number of seconds") from None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ConfigError("TOKENREQ_PROVIDER_TIMEOUT must be a number of seconds")
-    if not 0 < timeout <= 300 or math.isnan(timeout):
-        raise ConfigError("TOKENREQ_PROVIDER_TIMEOUT must be between 0 and 300 seconds")
-    if url_prefix is None:
-        url_prefix = cfg.get_str(conf, "TOKENREQ_ISSUER_URL_PREFIX", DEFAULT_URL_PREFIX)
-    assert url_prefix is not None
-    if not url_prefix.startswith("/"):
-        raise ConfigError("TOKENREQ_ISSUER_URL_PREFIX must start with '/'")
-    return IssuerSettings(
-        key=key,
-        key_name=key_name,
-        ttl=ttl,
-        cors=Cors(origins),
-        capability=capability,
-        provider_url=provider_url,
-        provider_timeout=float(timeout),
-        url_prefix=url_prefix.rstrip("/"),
-    )
+        return cls(
+            key=key,
+            key_name=key_name,
+            ttl=cfg.read(config, "TOKENREQ_TTL"),
+            min_ttl=cfg.read(config, "TOKENREQ_MIN_TTL"),
+            cors=Cors(cfg.read(config, "TOKENREQ_CORS_ORIGINS")),
+            capability=cfg.read(config, "TOKENREQ_ISSUER_CAPABILITY"),
+            provider_url=cfg.read(config, "TOKENREQ_PROVIDER_URL"),
+            provider_timeout=cfg.read(config, "TOKENREQ_PROVIDER_TIMEOUT"),
+            url_prefix=str(url_prefix),
+        )
+
+
+@dataclass(frozen=True)
+class _State:
+    """What one app's issuer holds: its settings and its clock."""
+
+    settings: IssuerSettings
+    now: Clock
 
 
 class TokenIssuer:
@@ -193,6 +156,8 @@ class TokenIssuer:
     ``url_prefix`` overrides ``TOKENREQ_ISSUER_URL_PREFIX`` (default
     ``/tokenreq``); with ``register_blueprint=False``, ``init_app`` leaves
     registering :attr:`blueprint` to you. ``now_ms`` is the clock (ms).
+    Per-app state lives in ``app.extensions``, so one issuer can serve
+    several apps.
     """
 
     def __init__(
@@ -201,7 +166,7 @@ class TokenIssuer:
         *,
         url_prefix: str | None = None,
         register_blueprint: bool = True,
-        now_ms: Clock = now_ms,
+        now_ms: Clock | None = None,
     ) -> None:
         self.url_prefix = url_prefix
         self.register_blueprint = register_blueprint
@@ -210,9 +175,6 @@ class TokenIssuer:
         self._capability_loader: CapabilityLoader | None = None
         self._project_loader: ProjectLoader | None = None
         self._authorizers: list[Authorizer] = []
-        self._settings: weakref.WeakKeyDictionary[Flask, IssuerSettings] = (
-            weakref.WeakKeyDictionary()
-        )
         self.blueprint = self._make_blueprint()
         if app is not None:
             self.init_app(app)
@@ -229,30 +191,48 @@ class TokenIssuer:
         """Validate settings (``ConfigError`` naming the setting) and register.
 
         ``register_blueprint`` and ``url_prefix`` override the constructor's.
+        A second issuer (or a second ``init_app``) on one app is an error.
         """
         if EXTENSION in app.extensions:
-            raise RuntimeError("A TokenIssuer is already registered on this app")
-        settings = _read_settings(app, url_prefix if url_prefix is not None else self.url_prefix)
+            raise RuntimeError("A TokenIssuer is already registered on this app; use that instance")
+        settings = IssuerSettings.from_config(
+            app.config, url_prefix if url_prefix is not None else self.url_prefix
+        )
         if settings.key is None:
             logger.warning("TOKENREQ_KEY is not set: the issuer answers 500 until it is")
-        self._settings[app] = settings
+        app.extensions[STATE] = _State(settings, self.now_ms or now_ms)
         app.extensions[EXTENSION] = self
         if register_blueprint if register_blueprint is not None else self.register_blueprint:
             app.register_blueprint(self.blueprint, url_prefix=settings.url_prefix)
 
+    def _state(self, app: Flask | None = None) -> _State:
+        target = app if app is not None else current_app
+        state = target.extensions.get(STATE)
+        if state is None or target.extensions.get(EXTENSION) is not self:
+            raise InternalError("TokenIssuer.init_app(app) was not called for this app")
+        assert isinstance(state, _State)
+        return state
+
     def settings(self, app: Flask | None = None) -> IssuerSettings:
         """The validated settings for ``app`` (default: the current app)."""
-        target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
-        try:
-            return self._settings[target]
-        except KeyError:
-            raise InternalError("TokenIssuer.init_app(app) was not called for this app") from None
+        return self._state(app).settings
 
     def _make_blueprint(self) -> Blueprint:
         bp = Blueprint(EXTENSION, __name__)
         bp.add_url_rule("/token", "token", self._view, methods=["GET", "POST", "OPTIONS"])
         bp.add_url_rule("/tokenreq.js", "script", _script_view, methods=["GET"])
+        ably_errors(bp)
+        bp.after_request(self._after_request)
         return bp
+
+    def _after_request(self, response: Response) -> Response:
+        """CORS headers (errors included) and ``no-store`` on every answer of the endpoint."""
+        if request.endpoint != f"{EXTENSION}.token":
+            return response
+        state = current_app.extensions.get(STATE)
+        if isinstance(state, _State) and current_app.extensions.get(EXTENSION) is self:
+            state.settings.cors.apply(request, response)
+        return no_store(response)
 
     # -- hooks -------------------------------------------------------------
 
@@ -279,34 +259,16 @@ class TokenIssuer:
     # -- the endpoint ------------------------------------------------------
 
     def _view(self) -> Response:
-        try:
-            settings = self.settings()
-        except TokenReqError as exc:
-            return error_response(exc)
-        cors = settings.cors
+        state = self._state()
         if request.method == "OPTIONS":
+            cors = state.settings.cors
             response = cors.preflight(request) if cors else Response(status=204)
             response.headers["Allow"] = "GET, HEAD, POST, OPTIONS"
-            return no_store(response)
-        try:
-            response = self._issue(settings)
-        except TokenReqError as exc:
-            if exc.status >= 500:
-                logger.error("token issuer error %d: %s", exc.code, exc.message)
-            else:
-                logger.debug("token issuer refused %d: %s", exc.code, exc.message)
-            response = error_response(exc)
-        except HTTPException as exc:
-            status = exc.code or 400
-            response = error_response(
-                TokenReqError(exc.description or exc.name, code=status * 100, status=status)
-            )
-        except Exception:
-            logger.exception("token issuer failed")
-            response = error_response(InternalError())
-        return no_store(cors.apply(request, response))
+            return response
+        return self._issue(state)
 
-    def _issue(self, settings: IssuerSettings) -> Response:
+    def _issue(self, state: _State) -> Response:
+        settings = state.settings
         key, key_name = _key(settings)
         if getattr(current_app, "login_manager", None) is None:
             raise InternalError("Token issuer needs flask-login: set up a LoginManager")
@@ -319,7 +281,7 @@ class TokenIssuer:
 
         params = _request_params(request)
         fmt = _format_param(params)
-        ttl = _ttl_param(params, settings.ttl)
+        ttl = _ttl_param(params, settings)
         requested_client_id = _client_id_param(params)
         raw_cap = params.get("capability")
         requested_cap = None if raw_cap is None else _parse_capability(raw_cap, "capability")
@@ -329,13 +291,18 @@ class TokenIssuer:
         capability = self._capability(user, settings, project_id, requested_cap)
 
         if fmt == "jwt":
-            token = self._jwt(key, key_name, ttl, capability, client_id)
+            token = _ably_jwt(key, key_name, ttl, capability, client_id, state.now())
             response = Response(token, status=200)
             response.headers["Content-Type"] = JWT
             logger.debug("issued JWT keyName=%s clientId=%r", key_name, client_id)
             return response
         token_request = sign_token_request(
-            key, ttl=ttl, capability=capability, client_id=client_id, now=self.now_ms
+            key, ttl=ttl, capability=capability, client_id=client_id, now=state.now
+        )
+        signals.token_request_signed.send(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            token_request=token_request,
+            user=user,
         )
         if fmt == "token":
             if settings.provider_url is None:
@@ -414,20 +381,23 @@ class TokenIssuer:
             )
         return granted
 
-    def _jwt(
-        self, key: str, key_name: str, ttl: int, cap: Capability, client_id: str | None
-    ) -> str:
-        """An Ably JWT signed HS256 with the key's secret, ``kid`` = keyName."""
-        secret = key.partition(":")[2]
-        issued = self.now_ms()
-        claims: dict[str, Any] = {
-            "iat": issued // 1000,
-            "exp": issued // 1000 + math.ceil(ttl / 1000),
-            "x-ably-capability": cap.canonical,
-        }
-        if client_id is not None:
-            claims["x-ably-clientId"] = client_id
-        return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_name})
+
+def _ably_jwt(
+    key: str, key_name: str, ttl: int, cap: Capability, client_id: str | None, issued: int
+) -> str:
+    """An Ably JWT signed HS256 with the key's secret, ``kid`` = keyName."""
+    secret = key.partition(":")[2]
+    claims: dict[str, Any] = {
+        "iat": issued // 1000,
+        "exp": issued // 1000 + math.ceil(ttl / 1000),
+        "x-ably-capability": cap.canonical,
+    }
+    if client_id is not None:
+        claims["x-ably-clientId"] = client_id
+    return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_name})
+
+
+# -- the browser helper ---------------------------------------------------------------
 
 
 @cache
@@ -456,50 +426,63 @@ def _key(settings: IssuerSettings) -> tuple[str, str]:
     """The key and key name; when unset at ``init_app``, looked up again (500 if missing)."""
     if settings.key is not None and settings.key_name is not None:
         return settings.key, settings.key_name
-    key = cfg.lookup(current_app.config, "TOKENREQ_KEY")
+    try:
+        key = cfg.read(current_app.config, "TOKENREQ_KEY")
+    except ConfigError as exc:
+        raise InternalError(f"Token issuer is misconfigured: {exc}") from None
     if key is None:
         raise InternalError(
             "Token issuer is not configured: set TOKENREQ_KEY to the key "
             "'appId.keyId:secret' (in app.config or the environment)"
         )
-    try:
-        key_name, _ = cfg.check_key("TOKENREQ_KEY", key)
-    except ConfigError as exc:
-        raise InternalError(f"Token issuer is misconfigured: {exc}") from None
-    return key, key_name
+    return key, configured_key("TOKENREQ_KEY", key)[0]
 
 
 # -- request parameters ------------------------------------------------------
 
 
 def _request_params(req: Request) -> dict[str, Any]:
-    """Query params merged with a form or JSON body (body wins); empty = absent."""
-    # No query string (the common GET from ably-js without authParams): skip parsing it.
+    """Query params merged with a form or JSON body (body wins); empty = absent.
+
+    The body is read up to :data:`MAX_BODY` bytes whatever its framing
+    (chunked too) and whatever the app's ``MAX_CONTENT_LENGTH``.
+    """
     params: dict[str, Any] = dict(req.args.items()) if req.query_string else {}
     if req.method == "POST":
         if req.is_json:
-            body = _read_json_body(req)
+            raw = read_body(req, MAX_BODY, BodyTooLarge)
+            body = parse_json(raw) if raw.strip() else {}
             if not isinstance(body, dict):
                 raise InvalidBody("JSON body must be an object of token parameters")
             params.update(body)
-        elif req.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            params.update(req.form.items())
+        elif req.mimetype == "application/x-www-form-urlencoded":
+            params.update(_form_fields(read_body(req, MAX_BODY, BodyTooLarge)))
+        elif req.mimetype == "multipart/form-data":
+            params.update(_multipart_fields(req, read_body(req, MAX_BODY, BodyTooLarge)))
     return {k: v for k, v in params.items() if v is not None and v != ""}
 
 
-def _read_json_body(req: Request) -> Any:
-    """The JSON body, ``{}`` when empty; at most :data:`MAX_BODY` bytes."""
-    if req.content_length is not None and req.content_length > MAX_BODY:
-        raise InvalidBody(f"request body too large: at most {MAX_BODY} bytes")
-    raw = req.stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise InvalidBody(f"request body too large: at most {MAX_BODY} bytes")
-    if not raw.strip():
-        return {}
+def _form_fields(raw: bytes) -> dict[str, str]:
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidBody("request body is not valid JSON") from None
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidBody(
+            f"form body is not valid UTF-8 form data (at most {MAX_FIELDS} fields)"
+        ) from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        fields.setdefault(name, value)  # the first value wins, as request.form.get does
+    return fields
+
+
+def _multipart_fields(req: Request, raw: bytes) -> dict[str, str]:
+    """The text fields of a multipart body already read (and bounded) by :func:`read_body`."""
+    parser = FormDataParser(max_form_memory_size=MAX_BODY, max_form_parts=MAX_FIELDS)
+    try:
+        _, form, _ = parser.parse(io.BytesIO(raw), req.mimetype, len(raw), req.mimetype_params)
+    except HTTPException:
+        raise InvalidBody(f"multipart body is malformed (at most {MAX_FIELDS} fields)") from None
+    return dict(form.items())
 
 
 def _str_param(params: Mapping[str, Any], name: str) -> str | None:
@@ -516,11 +499,11 @@ def _format_param(params: Mapping[str, Any]) -> str:
     return fmt
 
 
-def _ttl_param(params: Mapping[str, Any], maximum: int) -> int:
-    """``ttl`` in ms: a positive integer or decimal-digit string, at most ``maximum``."""
+def _ttl_param(params: Mapping[str, Any], settings: IssuerSettings) -> int:
+    """``ttl`` in ms: a whole number in ``[TOKENREQ_MIN_TTL, TOKENREQ_TTL]``."""
     value = params.get("ttl")
     if value is None:
-        return maximum
+        return settings.ttl
     if isinstance(value, str) and _DIGITS.fullmatch(value):
         ttl = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
@@ -529,8 +512,15 @@ def _ttl_param(params: Mapping[str, Any], maximum: int) -> int:
         raise InvalidParameter("ttl must be a whole number of milliseconds")
     if ttl <= 0:
         raise InvalidParameter("ttl must be a positive number of milliseconds")
-    if ttl > maximum:
-        raise InvalidParameter(f"ttl must be at most {maximum} ms")
+    if ttl > settings.ttl:
+        raise InvalidParameter(f"ttl must be at most {settings.ttl} ms")
+    if ttl < settings.min_ttl:
+        hint = ""
+        if ttl * 1000 >= settings.min_ttl:
+            hint = f"; ttl is in milliseconds: {ttl} seconds is ttl={ttl * 1000}"
+        raise InvalidParameter(
+            f"ttl {ttl} ms is shorter than the minimum {settings.min_ttl} ms{hint}"
+        )
     return ttl
 
 
@@ -549,6 +539,22 @@ def _project_param(params: Mapping[str, Any]) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadRequest("projectId must be a string")
     return value
+
+
+def _parse_capability(value: object, what: str) -> Capability:
+    """Parse a capability, turning every failure into :class:`InvalidCapability`."""
+    if isinstance(value, Capability):
+        return value
+    if not isinstance(value, (str, Mapping)):
+        raise InvalidCapability(
+            f"{what} must be a JSON object mapping channel names to lists of operations"
+        )
+    try:
+        return Capability.parse(value)
+    except InvalidCapability as exc:
+        raise InvalidCapability(f"{what} is invalid: {exc.message}") from None
+    except (RecursionError, TypeError, ValueError):
+        raise InvalidCapability(f"{what} is not valid JSON") from None
 
 
 def _loaded_capability(value: object, hook: str) -> Capability | None:

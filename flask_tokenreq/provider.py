@@ -2,9 +2,10 @@
 
 ``POST /keys/<keyName>/requestToken`` checks, in this order: shape, key known
 and active, MAC, timestamp window, ttl, capability, single use of the nonce;
-then mints a token (see :mod:`flask_tokenreq.tokens`) and writes an audit log
-line. ``GET /time`` gives the provider's clock. :meth:`TokenProvider.require`
-guards any view with those tokens, Ably JWTs or Basic key auth.
+then mints a token (see :mod:`flask_tokenreq.tokens`) and records the outcome
+(signals, audit log line). ``GET /time`` gives the provider's clock.
+:meth:`TokenProvider.require` guards any view with those tokens, Ably JWTs or
+Basic key auth.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.routing import BuildError
 
+from . import settings as cfg
+from . import signals
 from .capability import Capability
 from .clock import Clock
 from .clock import now_ms as wall_clock
-from .config import get_int, get_str, get_str_list
 from .errors import (
     CapabilityNotPermitted,
     ConfigError,
@@ -51,37 +53,43 @@ from .errors import (
     InvalidParameter,
     InvalidToken,
     NonceReplayed,
+    NotFound,
     StoreUnavailable,
     TimestampNotCurrent,
     TokenReqError,
     Unauthorized,
+    ably_errors,
 )
-from .http import JSON, MSGPACK, Cors, error_response, json_response, no_store, read_json
-from .keys import KeyStore, StaticKeyStore
-from .tokenrequest import MIN_NONCE_LENGTH, InvalidTokenRequest, TokenRequest, check_mac
-from .tokens import DEFAULT_MAX_TTL_MS, Identity, IssuedToken, TokenService
+from .http import (
+    MSGPACK,
+    Cors,
+    ably_response,
+    json_response,
+    parse_json,
+    parse_msgpack,
+    read_body,
+)
+from .keys.base import ApiKey, KeyStore
+from .keys.static import StaticKeyStore
+from .tokenrequest import MIN_NONCE_LENGTH, InvalidTokenRequest, TokenRequest, verify_mac
+from .tokens import Identity, IssuedToken, TokenService
 
 if TYPE_CHECKING:
     from .nonces import NonceStore
-
-try:  # optional extra
-    import msgpack
-except ImportError:  # pragma: no cover - depends on the environment
-    msgpack = None
 
 log = logging.getLogger("flask_tokenreq.provider")
 audit_log = logging.getLogger("flask_tokenreq.audit")
 
 #: Request headers a browser may send cross-origin (what ably-js sends).
 CORS_HEADERS = ("content-type", "x-ably-version", "ably-agent", "authorization", "x-ably-clientid")
-DEFAULT_WINDOW_S = 120
-DEFAULT_TTL_MS = 3_600_000
-DEFAULT_MAX_BODY_BYTES = 16 * 1024
 #: Longest nonce accepted (characters); Ably clients send 16 to 32.
 MAX_NONCE_LENGTH = 256
 #: Extra time a nonce is kept beyond ``timestamp + window``.
 NONCE_MARGIN_MS = 1000
-_EXTENSION = "tokenreq_provider"
+#: Extension name in ``app.extensions`` and blueprint name.
+EXTENSION = "tokenreq_provider"
+#: Where the per-app state lives in ``app.extensions``.
+STATE = "tokenreq_provider.state"
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,28 +100,28 @@ ResourceSpec = str | Callable[..., str] | None
 class ProviderSettings:
     """Validated ``TOKENREQ_*`` settings for one app."""
 
-    window_ms: int = DEFAULT_WINDOW_S * 1000
-    default_ttl_ms: int = DEFAULT_TTL_MS
-    max_ttl_ms: int = DEFAULT_MAX_TTL_MS
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    url_prefix: str = ""
+    window_ms: int
+    default_ttl_ms: int
+    max_ttl_ms: int
+    max_body_bytes: int
+    url_prefix: str
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ProviderSettings:
-        window = get_int(config, "TOKENREQ_TIMESTAMP_WINDOW", DEFAULT_WINDOW_S, minimum=1)
-        default_ttl = get_int(config, "TOKENREQ_DEFAULT_TTL", DEFAULT_TTL_MS, minimum=1)
-        max_ttl = get_int(config, "TOKENREQ_MAX_TTL", DEFAULT_MAX_TTL_MS, minimum=1)
+        default_ttl = cfg.read(config, "TOKENREQ_DEFAULT_TTL")
+        max_ttl = cfg.read(config, "TOKENREQ_MAX_TTL")
         if default_ttl > max_ttl:
             raise ConfigError(
                 f"TOKENREQ_DEFAULT_TTL ({default_ttl} ms) is larger than "
                 f"TOKENREQ_MAX_TTL ({max_ttl} ms)"
             )
-        max_body = get_int(config, "TOKENREQ_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=256)
-        prefix = get_str(config, "TOKENREQ_PROVIDER_URL_PREFIX", "") or ""
-        prefix = prefix.rstrip("/")
-        if prefix and not prefix.startswith("/"):
-            raise ConfigError("TOKENREQ_PROVIDER_URL_PREFIX must be empty or start with '/'")
-        return cls(window * 1000, default_ttl, max_ttl, max_body, prefix)
+        return cls(
+            window_ms=cfg.read(config, "TOKENREQ_TIMESTAMP_WINDOW") * 1000,
+            default_ttl_ms=default_ttl,
+            max_ttl_ms=max_ttl,
+            max_body_bytes=cfg.read(config, "TOKENREQ_MAX_BODY_BYTES"),
+            url_prefix=cfg.read(config, "TOKENREQ_PROVIDER_URL_PREFIX"),
+        )
 
 
 @dataclass(slots=True)
@@ -135,7 +143,8 @@ class TokenProvider:
     ``keys``: a :class:`~flask_tokenreq.keys.KeyStore` (or a list in the
     ``TOKENREQ_PROVIDER_KEYS`` format); default: that setting. ``nonces``: a
     nonce store; default: ``TOKENREQ_NONCE_STORE`` or an SQLite file in the
-    instance folder. ``now_ms``: the clock (ms), for tests.
+    instance folder. ``now_ms``: the clock (ms), for tests. Per-app state
+    lives in ``app.extensions``.
     """
 
     def __init__(
@@ -149,7 +158,8 @@ class TokenProvider:
         self._keys_arg = keys
         self._nonces_arg = nonces
         self._now_arg = now_ms
-        self._states: weakref.WeakKeyDictionary[Flask, _State] = weakref.WeakKeyDictionary()
+        #: Apps this provider was initialised on (for :meth:`close`); state is in their extensions.
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self.blueprint = self._make_blueprint()
         if app is not None:
             self.init_app(app)
@@ -164,8 +174,13 @@ class TokenProvider:
         The blueprint is registered at ``url_prefix`` (default
         ``TOKENREQ_PROVIDER_URL_PREFIX``, ``""`` = the root). Pass
         ``register_blueprint=False`` to register ``provider.blueprint`` yourself.
-        Raises :class:`ConfigError` naming the faulty setting.
+        Raises :class:`ConfigError` naming the faulty setting; a second provider
+        (or a second ``init_app``) on one app is an error.
         """
+        if EXTENSION in app.extensions:
+            raise RuntimeError(
+                "A TokenProvider is already registered on this app; use that instance"
+            )
         config = app.config
         settings = ProviderSettings.from_config(config)
         if url_prefix is not None:
@@ -173,36 +188,44 @@ class TokenProvider:
         clock = self._now_arg or wall_clock
         keys: KeyStore
         if self._keys_arg is None:
-            keys = StaticKeyStore.from_app_config(config)
+            keys = cfg.read(config, "TOKENREQ_PROVIDER_KEYS")
+            if keys is None:
+                raise ConfigError(
+                    "TOKENREQ_PROVIDER_KEYS is not set: give the provider a list of keys, "
+                    "e.g. ['appId.keyId:secret'], or pass keys= to TokenProvider"
+                )
         elif isinstance(self._keys_arg, (list, tuple)):
             keys = StaticKeyStore.from_config(list(self._keys_arg), setting="keys")
         else:
             keys = self._keys_arg
         tokens = TokenService.from_config(config, now_ms=clock)
-        origins = get_str_list(config, "TOKENREQ_PROVIDER_CORS_ORIGINS")
-        cors = Cors(origins, methods=("GET", "POST", "OPTIONS"), headers=CORS_HEADERS)
-        store_url = get_str(config, "TOKENREQ_NONCE_STORE")
+        cors = Cors(
+            cfg.read(config, "TOKENREQ_PROVIDER_CORS_ORIGINS"),
+            methods=("GET", "POST", "OPTIONS"),
+            headers=CORS_HEADERS,
+        )
         owns = self._nonces_arg is None
         if self._nonces_arg is not None:
             store = self._nonces_arg
         else:
             from .nonces import default_nonce_store_url, open_nonce_store
 
-            url = store_url or default_nonce_store_url(app.instance_path)
+            url = cfg.read(config, "TOKENREQ_NONCE_STORE") or default_nonce_store_url(
+                app.instance_path
+            )
             store = open_nonce_store(url, now_ms=clock, instance_path=app.instance_path)
-        old = self._states.get(app)
-        self._states[app] = _State(settings, keys, store, tokens, cors, clock, owns)
-        if old is not None and old.owns_nonces and old.nonces is not store:
-            old.nonces.close()
-        app.extensions[_EXTENSION] = self
+        app.extensions[STATE] = _State(settings, keys, store, tokens, cors, clock, owns)
+        app.extensions[EXTENSION] = self
+        self._apps.add(app)
         if register_blueprint and self.blueprint.name not in app.blueprints:
             app.register_blueprint(self.blueprint, url_prefix=settings.url_prefix or None)
 
-    def _state(self) -> _State:
-        app = cast(Any, current_app)._get_current_object()
-        state = self._states.get(app)
-        if state is None:
-            raise RuntimeError("TokenProvider.init_app(app) has not been called for this app")
+    def _state(self, app: Flask | None = None) -> _State:
+        target = app if app is not None else current_app
+        state = target.extensions.get(STATE)
+        if state is None or target.extensions.get(EXTENSION) is not self:
+            raise InternalError("TokenProvider.init_app(app) has not been called for this app")
+        assert isinstance(state, _State)
         return state
 
     @property
@@ -220,58 +243,61 @@ class TokenProvider:
         """The current app's nonce store."""
         return self._state().nonces
 
-    def close(self) -> None:
-        """Close the nonce stores this provider opened itself."""
-        for state in list(self._states.values()):
+    def close(self, app: Flask | None = None) -> None:
+        """Close the nonce stores the provider opened itself (for ``app``, or for every app)."""
+        for target in [app] if app is not None else list(self._apps):
+            state = self._state(target)
             if state.owns_nonces:
                 state.nonces.close()
 
     # -- the blueprint -------------------------------------------------------------
 
     def _make_blueprint(self) -> Blueprint:
-        bp = Blueprint("tokenreq_provider", __name__)
+        bp = Blueprint(EXTENSION, __name__)
 
         @bp.route("/keys/<key_name>/requestToken", methods=_ALL_METHODS)
         def request_token(key_name: str) -> ResponseReturnValue:
             state = self._state()
             if request.method == "OPTIONS":
                 return state.cors.preflight(request)
-            if request.method != "POST":
-                raise MethodNotAllowed(valid_methods=["POST", "OPTIONS"])
+            _allow(request, "POST")
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            treq: TokenRequest | None = None
             try:
                 body = _read_body(request, state.settings.max_body_bytes)
-                issued = self._exchange(state, key_name, body)
+                treq = _token_request(body, key_name)
+                issued = self._exchange(state, treq)
             except TokenReqError as exc:
                 _audit("refused", key_name, None, None, exc.code)
+                signals.token_refused.send(app, token_request=treq, key_name=key_name, error=exc)
                 raise
             _audit("issued", issued.key_name, issued.client_id, issued.token_id, None)
-            return _details_response(issued.token_details())
+            signals.token_issued.send(app, token_request=treq, token=issued)
+            return ably_response(issued.token_details())
 
         @bp.route("/keys/<path:rest>", methods=_ALL_METHODS)
         def unknown_key_path(rest: str) -> ResponseReturnValue:
             if request.method == "OPTIONS":
                 return self._state().cors.preflight(request)
-            raise NotFound()
+            raise NotFound("Not found")
 
         @bp.route("/time", methods=_ALL_METHODS)
         def time() -> ResponseReturnValue:
             state = self._state()
             if request.method == "OPTIONS":
                 return state.cors.preflight(request)
-            if request.method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(valid_methods=["GET", "HEAD", "OPTIONS"])
+            _allow(request, "GET", "HEAD")
             # msgpack when asked: ably-js rest.request() decodes by its own Accept.
-            return _details_response([state.now()])
+            return ably_response([state.now()])
 
         @bp.route("/.well-known/jwks.json", methods=_ALL_METHODS)
         def jwks() -> ResponseReturnValue:
             state = self._state()
             if request.method == "OPTIONS":
                 return state.cors.preflight(request)
-            if request.method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(valid_methods=["GET", "HEAD", "OPTIONS"])
+            _allow(request, "GET", "HEAD")
             if not state.tokens.asymmetric:
-                raise NotFound()
+                raise NotFound("Not found: tokens are signed with a shared secret (HS256)")
             response = json_response(state.tokens.jwks())
             response.headers["Cache-Control"] = "public, max-age=300"
             del response.headers["Pragma"]
@@ -279,14 +305,12 @@ class TokenProvider:
 
         @bp.after_request
         def cors_headers(response: Response) -> Response:
-            state = self._states.get(cast(Any, current_app)._get_current_object())
-            if state is not None and state.cors:
+            state = current_app.extensions.get(STATE)
+            if isinstance(state, _State) and state.cors:
                 state.cors.apply(request, response)
             return response
 
-        bp.register_error_handler(TokenReqError, error_response)
-        bp.register_error_handler(HTTPException, _http_error)
-        bp.register_error_handler(Exception, _unexpected_error)
+        ably_errors(bp)
         return bp
 
     # -- the exchange --------------------------------------------------------------
@@ -297,38 +321,28 @@ class TokenProvider:
         Runs every check the HTTP endpoint runs and raises the same errors.
         """
         state = self._state()
-        if isinstance(token_request, TokenRequest):
-            token_request = token_request.to_dict()
-        key_name = token_request.get("keyName") if isinstance(token_request, Mapping) else None
-        return self._exchange(state, key_name if isinstance(key_name, str) else "", token_request)
+        if not isinstance(token_request, TokenRequest):
+            key_name = token_request.get("keyName") if isinstance(token_request, Mapping) else None
+            token_request = _token_request(
+                token_request, key_name if isinstance(key_name, str) else ""
+            )
+        return self._exchange(state, token_request)
 
-    def _exchange(self, state: _State, url_key_name: str, body: Any) -> IssuedToken:
+    def _exchange(self, state: _State, treq: TokenRequest) -> IssuedToken:
         settings = state.settings
-        # 1. shape
-        if body is None or not isinstance(body, Mapping):
-            raise InvalidTokenRequest("request body must be a TokenRequest JSON object")
-        treq = TokenRequest.from_dict(body)
-        if len(treq.nonce) < MIN_NONCE_LENGTH:
-            raise InvalidTokenRequest(
-                f"TokenRequest nonce must be at least {MIN_NONCE_LENGTH} characters"
-            )
-        if len(treq.nonce) > MAX_NONCE_LENGTH:
-            raise InvalidTokenRequest(
-                f"TokenRequest nonce must be at most {MAX_NONCE_LENGTH} characters"
-            )
-        if treq.key_name != url_key_name:
-            raise InvalidTokenRequest(
-                "TokenRequest keyName does not match the key name in the URL "
-                "(POST /keys/<keyName>/requestToken)"
-            )
         # 2. key known and active
         key = state.keys.get(treq.key_name)
         if key is None:
             raise InvalidCredentials(f"No key named {treq.key_name!r} is known")
         now = state.now()
         key.check_active(now)
-        # 3. MAC
-        check_mac(treq, key.secret)
+        # 3. MAC, against the key's secrets newest first (a rotated key's old
+        #    secret verifies during its grace period)
+        if not any(verify_mac(treq, secret) for secret in key.verifying_secrets(now)):
+            raise InvalidCredentials(
+                "TokenRequest MAC does not match: sign with the key's secret and send the "
+                "fields exactly as signed (ttl in milliseconds, capability not re-serialised)"
+            )
         # 4. timestamp window (both directions)
         skew = treq.timestamp - now
         if abs(skew) > settings.window_ms:
@@ -349,7 +363,7 @@ class TokenProvider:
         if treq.capability is None or treq.capability == "":
             capability = key.capability
         else:
-            capability = _granted_capability(treq.capability, key.capability)
+            capability = Capability.parse(treq.capability).intersect(key.capability)
         if capability.is_empty():
             raise CapabilityNotPermitted(
                 "Capability not permitted: the requested capability and the key's "
@@ -435,31 +449,40 @@ class TokenProvider:
         them (``lambda name, **_: name``). Without ``resource`` the operation
         must be granted on some resource; without ``operation`` any valid
         credentials pass. The :class:`Identity` is put in ``flask.g.tokenreq``.
-        Errors are Ably error responses, also on routes outside the blueprint.
-        ``OPTIONS`` requests (CORS preflights) pass through unauthenticated.
+        Refusals are Ably errors (they render themselves), also on routes
+        outside the blueprint. ``OPTIONS`` requests (CORS preflights) pass
+        through unauthenticated. ``async def`` views work (``ensure_sync``).
         """
         resolve = _resource_resolver(resource)
 
         def decorator(view: F) -> F:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if request.method == "OPTIONS":
-                    return view(*args, **kwargs)
-                try:
-                    identity = self.authenticate(request)
-                    if operation is not None:
-                        _check_capability(identity, operation, resolve(kwargs))
-                except TokenReqError as exc:
-                    return error_response(exc)
-                except Exception:
-                    log.exception("unexpected error while checking credentials")
-                    return error_response(InternalError())
-                g.tokenreq = identity
-                return view(*args, **kwargs)
+                if request.method != "OPTIONS":
+                    g.tokenreq = self._authorize(operation, resolve, kwargs)
+                return current_app.ensure_sync(view)(*args, **kwargs)
 
             return cast(F, wrapper)
 
         return decorator
+
+    def _authorize(
+        self,
+        operation: str | None,
+        resolve: Callable[[Mapping[str, Any]], str | None],
+        kwargs: Mapping[str, Any],
+    ) -> Identity:
+        """The request's identity, checked against ``operation`` on the resolved resource."""
+        try:
+            identity = self.authenticate(request)
+            if operation is not None:
+                _check_capability(identity, operation, resolve(kwargs))
+        except TokenReqError:
+            raise
+        except Exception:
+            log.exception("unexpected error while checking credentials")
+            raise InternalError() from None
+        return identity
 
 
 def current_identity() -> Identity | None:
@@ -471,65 +494,46 @@ def current_identity() -> Identity | None:
 # -- helpers ---------------------------------------------------------------------------
 
 
-#: (requested text, id(key capability)) -> (key capability, granted); see below.
-_granted_cache: dict[tuple[str, int], tuple[Capability, Capability]] = {}
-_GRANTED_CACHE_SIZE = 1024
-
-
-def _granted_capability(requested: str, key_capability: Capability) -> Capability:
-    """``Capability.parse(requested).intersect(key_capability)``, cached.
-
-    Clients request the same few capabilities over and over; the result is
-    immutable (its canonical text is then computed once). Only reached after
-    the MAC verified, so only key holders fill the cache, which is bounded.
-    """
-    cache_key = (requested, id(key_capability))
-    hit = _granted_cache.get(cache_key)
-    if hit is not None and hit[0] is key_capability:
-        return hit[1]
-    granted = Capability.parse(requested).intersect(key_capability)
-    if len(_granted_cache) >= _GRANTED_CACHE_SIZE:
-        _granted_cache.clear()
-    _granted_cache[cache_key] = (key_capability, granted)
-    return granted
+def _allow(req: Request, *methods: str) -> None:
+    if req.method not in methods:
+        raise _WerkzeugMethodNotAllowed(valid_methods=[*methods, "OPTIONS"])
 
 
 def _read_body(req: Request, max_bytes: int) -> Any:
-    if req.mimetype != MSGPACK:
-        return read_json(req, max_bytes=max_bytes)
-    if msgpack is None:
-        raise InvalidBody(
-            "msgpack bodies need the msgpack extra (pip install flask-tokenreq[msgpack])"
-        )
-    length = req.content_length
-    raw = b"" if length is not None and length > max_bytes else req.stream.read(max_bytes + 1)
-    if (length is not None and length > max_bytes) or len(raw) > max_bytes:
-        raise InvalidBody(f"request body too large: at most {max_bytes} bytes")
+    """The request body parsed as JSON, or msgpack when sent as ``application/x-msgpack``."""
+    raw = read_body(req, max_bytes)
     if not raw:
         raise InvalidBody("request body is empty: send a TokenRequest")
-    try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except Exception:
-        raise InvalidBody("request body is not valid msgpack") from None
+    return parse_msgpack(raw) if req.mimetype == MSGPACK else parse_json(raw)
+
+
+def _token_request(body: Any, url_key_name: str) -> TokenRequest:
+    """Step 1, shape: a well-formed TokenRequest for the key named in the URL."""
+    if body is None or not isinstance(body, Mapping):
+        raise InvalidTokenRequest("request body must be a TokenRequest JSON object")
+    treq = TokenRequest.from_dict(body)
+    if len(treq.nonce) < MIN_NONCE_LENGTH:
+        raise InvalidTokenRequest(
+            f"TokenRequest nonce must be at least {MIN_NONCE_LENGTH} characters"
+        )
+    if len(treq.nonce) > MAX_NONCE_LENGTH:
+        raise InvalidTokenRequest(
+            f"TokenRequest nonce must be at most {MAX_NONCE_LENGTH} characters"
+        )
+    if treq.key_name != url_key_name:
+        raise InvalidTokenRequest(
+            "TokenRequest keyName does not match the key name in the URL "
+            "(POST /keys/<keyName>/requestToken)"
+        )
+    return treq
 
 
 def _time_path(settings: ProviderSettings) -> str:
     """Where ``GET /time`` is served (for error messages)."""
-    if has_request_context() and "tokenreq_provider" in current_app.blueprints:
+    if has_request_context() and EXTENSION in current_app.blueprints:
         with contextlib.suppress(BuildError):
-            return url_for("tokenreq_provider.time")
+            return url_for(f"{EXTENSION}.time")
     return f"{settings.url_prefix}/time"
-
-
-def _details_response(details: Any) -> Response:
-    """JSON, or msgpack when ``Accept`` prefers it (TokenDetails, ``/time``)."""
-    if (
-        msgpack is not None
-        and "msgpack" in request.headers.get("Accept", "")
-        and request.accept_mimetypes.best_match((JSON, MSGPACK)) == MSGPACK
-    ):
-        return no_store(Response(msgpack.packb(details, use_bin_type=True), mimetype=MSGPACK))
-    return json_response(details)
 
 
 def _audit(
@@ -558,22 +562,6 @@ def _audit(
             }
         },
     )
-
-
-def _http_error(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    message = {404: "Not found", 405: "Method not allowed"}.get(status, exc.name)
-    response = error_response(TokenReqError(message, code=status * 100, status=status))
-    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response
-
-
-def _unexpected_error(exc: Exception) -> Response:
-    if isinstance(exc, HTTPException):  # pragma: no cover - routed to _http_error
-        return _http_error(exc)
-    log.error("unexpected error in the token provider", exc_info=exc)
-    return error_response(InternalError())
 
 
 def _bearer_token(value: str, max_bytes: int) -> str:
@@ -607,15 +595,24 @@ def _basic_identity(value: str, state: _State) -> Identity:
     key = state.keys.get(key_name)
     if key is None:
         raise InvalidCredentials(f"No key named {key_name!r} is known")
-    if not hmac.compare_digest(secret_bytes, key.secret.encode("utf-8")):
+    now = state.now()
+    if not _secret_matches(key, secret_bytes, now):
         raise InvalidCredentials("Invalid credentials: wrong key secret")
-    key.check_active(state.now())
+    key.check_active(now)
     return Identity(
         key_name=key_name,
         client_id=None,
         capability=key.capability,
         expires_ms=key.expires_at_ms,
         kind="basic",
+    )
+
+
+def _secret_matches(key: ApiKey, candidate: bytes, now: int) -> bool:
+    """Whether ``candidate`` is one of the key's verifying secrets (constant time each)."""
+    return any(
+        hmac.compare_digest(candidate, secret.encode("utf-8"))
+        for secret in key.verifying_secrets(now)
     )
 
 

@@ -86,7 +86,9 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture)
 def base_app(config: Mapping[str, Any] | None = None) -> Flask:
     """A Flask app with flask-login and a test-only login route, no issuer."""
     app = Flask("test_issuer")
-    app.config.update(TESTING=True, SECRET_KEY=SESSION_KEY, TOKENREQ_KEY=KEY)
+    # TOKENREQ_MIN_TTL lowered so tests can ask for short ttls; the default
+    # floor has tests of its own (test_ttl_below_the_minimum_*).
+    app.config.update(TESTING=True, SECRET_KEY=SESSION_KEY, TOKENREQ_KEY=KEY, TOKENREQ_MIN_TTL=1)
     app.config.update(config or {})
     app.test_client_class = SecretCheckingClient
     login = LoginManager(app)
@@ -392,6 +394,84 @@ def test_oversized_body_is_json_error(clock: FakeClock) -> None:
     error_of(response, 413, 41300)
     response = client_for(app).post(TOKEN, json={"capability": "x" * 70_000})
     assert response.status_code in (400, 413)
+
+
+class _CountingInput:
+    """Wraps ``wsgi.input`` and counts the bytes the app reads from it."""
+
+    def __init__(self, stream: Any, counter: list[int]) -> None:
+        self._stream = stream
+        self._counter = counter
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._stream.read(*args)
+        self._counter[0] += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data: bytes = self._stream.readline(*args)
+        self._counter[0] += len(data)
+        return data
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "application/json", "multipart/form-data"]
+)
+def test_chunked_body_is_read_no_further_than_the_bound(
+    clock: FakeClock, content_type: str
+) -> None:
+    """A 64 MiB chunked body is refused after at most MAX_BODY bytes, whatever the app allows."""
+    import requests
+
+    from flask_tokenreq.issuer import MAX_BODY
+
+    from .servers import serve_app
+
+    app, _ = make_app(clock, {"MAX_CONTENT_LENGTH": None, "MAX_FORM_MEMORY_SIZE": None})
+    read = [0]
+    inner = app.wsgi_app
+
+    def counting(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == TOKEN:
+            environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], read)
+        return inner(environ, start_response)
+
+    app.wsgi_app = counting  # type: ignore[method-assign]
+    chunk = b"capability=" + b"x" * (64 * 1024 - 11)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(1024):  # 64 MiB, sent chunked (no Content-Length)
+            yield chunk
+
+    with serve_app(app) as url:
+        session = requests.Session()
+        session.post(url + "/test-login/alice", timeout=10).raise_for_status()
+        try:
+            response = session.post(
+                url + TOKEN, data=body(), headers={"Content-Type": content_type}, timeout=30
+            )
+        except requests.ConnectionError:
+            response = None  # the server answered and closed while we were still sending
+        if response is not None:
+            assert response.status_code == 413
+            assert response.json()["error"]["code"] == 41300
+    assert read[0] <= MAX_BODY + len(chunk) + 64
+
+
+def test_ttl_below_the_minimum_names_milliseconds(clock: FakeClock) -> None:
+    app, _ = make_app(clock, {"TOKENREQ_MIN_TTL": 10_000})
+    alice = client_for(app)
+    error = error_of(alice.get(TOKEN, query_string={"ttl": "60"}), 400, 40003)
+    assert "ttl 60 ms is shorter than the minimum 10000 ms" in error["message"]
+    assert "60 seconds is ttl=60000" in error["message"]
+    token_request_of(alice.get(TOKEN, query_string={"ttl": "60000"}))
+
+
+def test_ttl_setting_below_the_minimum_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        make_app(config={"TOKENREQ_TTL": 3600, "TOKENREQ_MIN_TTL": 10_000})
+    assert "TOKENREQ_TTL" in str(info.value)
+    assert "3600 s is 3600000" in str(info.value)
 
 
 def test_empty_allowed_capability_is_40160(clock: FakeClock) -> None:

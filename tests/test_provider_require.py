@@ -322,3 +322,30 @@ def test_provider_not_initialised_for_this_app(clock: FakeClock) -> None:
     assert_error(
         other.test_client().get("/x", headers={"Authorization": f"Basic {b64(KEY)}"}), 500, 50000
     )
+
+
+def test_async_views_are_guarded_and_awaited(clock: FakeClock) -> None:
+    app, provider = build(clock)
+
+    @app.get("/async/<name>")
+    @provider.require("history", resource="{name}")
+    async def async_history(name: str) -> dict[str, Any]:
+        identity = current_identity()
+        assert identity is not None
+        return {"channel": name, "keyName": identity.key_name}
+
+    client = app.test_client()
+    token = token_for(client, clock, capability={"news": ["history"]})
+    response = client.get("/async/news", headers=bearer(token))
+    assert response.status_code == 200
+    assert response.get_json() == {"channel": "news", "keyName": KEY_NAME}
+    assert_error(client.get("/async/sport", headers=bearer(token)), 401, 40160)
+    assert_error(client.get("/async/news"), 401, 40100)
+
+
+def test_refusals_need_no_error_handler_of_the_app(clock: FakeClock) -> None:
+    # The app registers nothing: the raised error renders itself (one path).
+    app, _ = build(clock)
+    assert app.error_handler_spec[None] == {}
+    response = app.test_client().get("/stats", headers={"Authorization": "Digest x"})
+    assert_error(response, 401, 40100)

@@ -286,7 +286,7 @@ def test_short_ttl_token_is_renewed_before_it_expires(
     page: Page, page_errors: PageErrors, serve_demo: Callable[..., Demo], tmp_path: Path
 ) -> None:
     """With a 3 s token the page renews by itself (a third of the lifetime early)."""
-    server = serve_demo()
+    server = serve_demo(TOKENREQ_MIN_TTL=1000)  # below the default 10 s floor
     sign_in(page, server.url, "alice", query="?ttl=3000")
     expect(page.get_by_test_id("token-count")).to_have_text("1")
     expect(page.get_by_test_id("token-count")).not_to_have_text("1", timeout=10_000)

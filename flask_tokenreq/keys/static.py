@@ -1,65 +1,21 @@
-"""API keys the provider knows: their secrets, capabilities and status.
+"""Keys fixed in configuration (``TOKENREQ_PROVIDER_KEYS``), read once at ``init_app``.
 
-Round one serves static keys from ``TOKENREQ_PROVIDER_KEYS`` through
-:class:`StaticKeyStore`. Anything with a ``get(key_name)`` method returning an
-:class:`ApiKey` (or ``None``) is a :class:`KeyStore`, so managed SQL keys can
-plug in later without changing the provider.
+Static keys cannot be rotated or revoked while the app runs: change the
+setting and restart. Managed keys (:mod:`flask_tokenreq.keys.sql`) can.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
 
-from .capability import Capability, InvalidCapability
-from .config import check_key
-from .errors import ConfigError, KeyExpired, KeyRevoked
+from ..capability import Capability, InvalidCapability
+from ..errors import ConfigError
+from .base import ApiKey, configured_key
 
 #: The setting :meth:`StaticKeyStore.from_config` reads by default.
 SETTING = "TOKENREQ_PROVIDER_KEYS"
 
-KeyStatus = Literal["active", "revoked"]
-
 _OBJECT_FIELDS = frozenset({"key", "capability", "revoked", "expires"})
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """One API key. ``repr`` never shows the secret."""
-
-    key_name: str
-    secret: str = field(repr=False)
-    capability: Capability = field(default_factory=Capability.all)
-    status: KeyStatus = "active"
-    #: When the key stops working, in ms since the epoch; ``None`` = never.
-    expires_at_ms: int | None = None
-
-    @property
-    def revoked(self) -> bool:
-        return self.status == "revoked"
-
-    def expired(self, now_ms: int) -> bool:
-        """Whether the key has expired at ``now_ms``."""
-        return self.expires_at_ms is not None and now_ms >= self.expires_at_ms
-
-    def check_active(self, now_ms: int) -> None:
-        """Raise :class:`KeyRevoked` (40131) or :class:`KeyExpired` (40132) unless usable."""
-        if self.status != "active":
-            raise KeyRevoked(f"Key {self.key_name!r} has been revoked")
-        if self.expired(now_ms):
-            raise KeyExpired(f"Key {self.key_name!r} has expired")
-
-
-@runtime_checkable
-class KeyStore(Protocol):
-    """Looks keys up by name (``appId.keyId``)."""
-
-    def get(self, key_name: str) -> ApiKey | None:
-        """The key, or ``None`` when no such key exists."""
-        ...
 
 
 class StaticKeyStore:
@@ -89,7 +45,7 @@ class StaticKeyStore:
 
     @classmethod
     def from_config(cls, value: object, *, setting: str = SETTING) -> StaticKeyStore:
-        """Parse the ``TOKENREQ_PROVIDER_KEYS`` value.
+        """Parse a ``TOKENREQ_PROVIDER_KEYS`` value.
 
         A list whose items are key strings ``appId.keyId:secret`` (capability:
         everything) or objects ``{"key": ..., "capability": {...},
@@ -109,32 +65,10 @@ class StaticKeyStore:
             raise ConfigError(f"{setting} lists key name(s) {', '.join(dupes)} more than once")
         return cls(keys)
 
-    @classmethod
-    def from_app_config(
-        cls, config: Mapping[str, Any], *, setting: str = SETTING
-    ) -> StaticKeyStore:
-        """Read ``setting`` from ``config``, else from the environment (a JSON list)."""
-        value = config.get(setting)
-        if value is None:
-            raw = os.environ.get(setting)
-            if raw is None:
-                raise ConfigError(
-                    f"{setting} is not set: give the provider a list of keys, "
-                    "e.g. ['appId.keyId:secret'], or pass keys= to TokenProvider"
-                )
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                raise ConfigError(
-                    f"{setting} must be a JSON list in the environment, "
-                    f"e.g. {setting}='[\"appId.keyId:secret\"]'"
-                ) from None
-        return cls.from_config(value, setting=setting)
-
 
 def _parse_item(item: object, where: str) -> ApiKey:
     if isinstance(item, str):
-        key_name, secret = check_key(where, item)
+        key_name, secret = configured_key(where, item)
         return ApiKey(key_name, secret)
     if not isinstance(item, Mapping):
         raise ConfigError(
@@ -146,7 +80,7 @@ def _parse_item(item: object, where: str) -> ApiKey:
             f"{where} has unknown field(s) {', '.join(unknown)}; "
             "allowed: key, capability, revoked, expires"
         )
-    key_name, secret = check_key(f"{where}.key", item.get("key"))
+    key_name, secret = configured_key(f"{where}.key", item.get("key"))
     capability = Capability.all()
     if item.get("capability") is not None:
         try:
@@ -161,10 +95,4 @@ def _parse_item(item: object, where: str) -> ApiKey:
     expires = item.get("expires")
     if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int)):
         raise ConfigError(f"{where}.expires must be an integer (ms since the epoch)")
-    return ApiKey(
-        key_name,
-        secret,
-        capability,
-        "revoked" if revoked else "active",
-        expires,
-    )
+    return ApiKey(key_name, secret, capability, "revoked" if revoked else "active", expires)

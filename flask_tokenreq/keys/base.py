@@ -1,0 +1,133 @@
+"""What the provider knows about a key, the one parser of key strings, the store protocol.
+
+A key is ``appId.keyId:secret`` (Ably's form); its ``keyName`` is the part
+before the first ``:``. :func:`parse_key` is the only place that splits one:
+the signer, the settings and the key stores all call it, so they agree on
+what a key is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from ..capability import Capability
+from ..errors import ConfigError, KeyExpired, KeyRevoked
+
+KeyStatus = Literal["active", "revoked"]
+
+#: Shortest key secret accepted in configuration, in bytes. Ably's own key
+#: secrets have 43 characters (256 bits, base64); managed ``tkr_`` secrets 53.
+MIN_SECRET_BYTES = 32
+
+_FORBIDDEN = frozenset("\r\n\t \x00")
+
+
+def parse_key(key: object) -> tuple[str, str]:
+    """Split ``appId.keyId:secret`` into ``(key_name, secret)``.
+
+    The key name is everything before the first ``:`` (Ably's rule), and
+    both parts must be non-empty and free of whitespace and control line
+    breaks. Raises ``TypeError`` or ``ValueError`` whose message describes the
+    expected shape and never echoes the key.
+    """
+    if not isinstance(key, str):
+        raise TypeError("a key must be a string like 'appId.keyId:secret'")
+    key_name, sep, secret = key.partition(":")
+    if not sep or not key_name or not secret:
+        raise ValueError("a key must look like 'appId.keyId:secret': the key name, ':', the secret")
+    if any(c in _FORBIDDEN for c in key):
+        raise ValueError("a key must not contain whitespace or line breaks")
+    return key_name, secret
+
+
+@dataclass(frozen=True, slots=True)
+class GraceSecret:
+    """A previous secret that still verifies until ``not_after_ms`` (rotation grace)."""
+
+    value: str = field(repr=False)
+    not_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One API key. ``repr`` never shows a secret."""
+
+    key_name: str
+    secret: str = field(repr=False)
+    capability: Capability = field(default_factory=Capability.all)
+    status: KeyStatus = "active"
+    #: When the key stops working, in ms since the epoch; ``None`` = never.
+    expires_at_ms: int | None = None
+    #: Earlier secrets still inside their rotation grace period, newest first.
+    previous_secrets: tuple[GraceSecret, ...] = field(default=(), repr=False)
+    #: Free text for people ("CI Key"); managed keys only.
+    name: str | None = None
+    created_ms: int | None = None
+    revoked_reason: str | None = None
+    #: Whether the key lives in the database (it can be rotated and revoked).
+    managed: bool = False
+
+    @property
+    def revoked(self) -> bool:
+        return self.status == "revoked"
+
+    def expired(self, now_ms: int) -> bool:
+        """Whether the key has expired at ``now_ms``."""
+        return self.expires_at_ms is not None and now_ms >= self.expires_at_ms
+
+    def check_active(self, now_ms: int) -> None:
+        """Raise :class:`KeyRevoked` (40131) or :class:`KeyExpired` (40132) unless usable."""
+        if self.status != "active":
+            raise KeyRevoked(f"Key {self.key_name!r} has been revoked")
+        if self.expired(now_ms):
+            raise KeyExpired(f"Key {self.key_name!r} has expired")
+
+    def verifying_secrets(self, now_ms: int) -> tuple[str, ...]:
+        """The secrets that verify at ``now_ms``: the current one first, then those in grace.
+
+        Newest first, as itsdangerous tries its key list.
+        """
+        if not self.previous_secrets:
+            return (self.secret,)
+        in_grace = (s.value for s in self.previous_secrets if now_ms <= s.not_after_ms)
+        return (self.secret, *in_grace)
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """Looks keys up by name (``appId.keyId``)."""
+
+    def get(self, key_name: str) -> ApiKey | None:
+        """The key, or ``None`` when no such key exists."""
+        ...
+
+
+def configured_key(setting: str, value: object) -> tuple[str, str]:
+    """A key given in configuration: :func:`parse_key`, then the configuration policy.
+
+    Returns ``(key_name, secret)``; raises :class:`ConfigError` naming
+    ``setting`` (never the value). Configured keys must have Ably's form
+    (``appId.keyId``) and a secret of at least :data:`MIN_SECRET_BYTES`: a
+    shorter one can be guessed and is always a mistake (a placeholder, a
+    truncated paste). :func:`~flask_tokenreq.sign_token_request` itself signs
+    with any key :func:`parse_key` accepts, as the Ably SDKs do.
+    """
+    try:
+        key_name, secret = parse_key(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{setting} is malformed: {exc}") from None
+    app_id, dot, key_id = key_name.partition(".")
+    if not dot or not app_id or not key_id:
+        raise ConfigError(
+            f"{setting} is malformed: the key name must be 'appId.keyId' (no '.' found)"
+        )
+    size = len(secret.encode("utf-8", "surrogatepass"))
+    if size < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{setting} has a {size}-byte secret; at least {MIN_SECRET_BYTES} bytes are "
+            "required (Ably's key secrets have 43 characters). Use the key Ably gave you, "
+            "or make one with: python -c \"import secrets; print('app.key:' + "
+            'secrets.token_urlsafe(32))"'
+        )
+    return key_name, secret

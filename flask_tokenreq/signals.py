@@ -1,0 +1,33 @@
+"""Signals (blinker, as Flask's own): what the issuer and provider did, for apps and tests.
+
+Each is sent with the Flask app as sender. Connect a receiver to log, count
+or forward events (the audit log and the pytest plugin's recorder are built
+on them)::
+
+    from flask_tokenreq import signals
+
+    @signals.token_refused.connect_via(app)
+    def on_refused(app, token_request, key_name, error, **extra):
+        metrics.increment(f"tokenreq.refused.{error.code}")
+
+Receivers run in the request; an exception in one propagates, so keep them
+small. No signal carries a key secret; ``token_issued`` carries the token
+details the client receives.
+"""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+_signals = Namespace()
+
+#: The issuer signed a TokenRequest: ``token_request`` (TokenRequest), ``user``.
+token_request_signed = _signals.signal("tokenreq.token-request-signed")
+
+#: The provider exchanged a TokenRequest: ``token_request`` (TokenRequest),
+#: ``token`` (:class:`~flask_tokenreq.tokens.IssuedToken`).
+token_issued = _signals.signal("tokenreq.token-issued")
+
+#: The provider refused an exchange: ``token_request`` (TokenRequest, or ``None``
+#: when the body was not one), ``key_name`` (from the URL), ``error`` (TokenReqError).
+token_refused = _signals.signal("tokenreq.token-refused")

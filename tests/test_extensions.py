@@ -1,0 +1,116 @@
+"""The Flask extension pattern: per-app state in app.extensions, one init per app,
+lazy imports, and the process clock used while a test overrides it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask_login import LoginManager, UserMixin, login_user
+
+from flask_tokenreq import TokenIssuer, TokenProvider, clock, sign_token_request
+from flask_tokenreq.issuer import STATE as ISSUER_STATE
+from flask_tokenreq.nonces import MemoryNonceStore
+from flask_tokenreq.provider import STATE as PROVIDER_STATE
+
+from .conftest import KEY, KEY_NAME, OTHER_KEY, ROOT, FakeClock
+from .test_provider import SIGNING_SECRET
+
+
+def _provider_app(keys: list[str], store: MemoryNonceStore) -> tuple[Flask, TokenProvider]:
+    app = Flask(__name__)
+    app.config.update(TOKENREQ_SIGNING_SECRET=SIGNING_SECRET, TOKENREQ_PROVIDER_KEYS=keys)
+    return app, TokenProvider(app, nonces=store)
+
+
+def test_state_lives_in_each_apps_extensions(clock: FakeClock) -> None:
+    provider = TokenProvider(nonces=MemoryNonceStore(now_ms=clock, warn=False), now_ms=clock)
+    first, second = Flask("first"), Flask("second")
+    for app, key in ((first, KEY), (second, OTHER_KEY)):
+        app.config.update(TOKENREQ_SIGNING_SECRET=SIGNING_SECRET, TOKENREQ_PROVIDER_KEYS=[key])
+        provider.init_app(app)
+        assert app.extensions["tokenreq_provider"] is provider
+        assert PROVIDER_STATE in app.extensions
+    with first.app_context():
+        assert provider.keys.get(KEY_NAME) is not None
+    with second.app_context():
+        assert provider.keys.get(KEY_NAME) is None
+    assert not any(isinstance(v, Flask) for v in vars(provider).values())
+
+
+@pytest.mark.parametrize("kind", ["issuer", "provider"])
+def test_a_second_init_app_is_an_error_in_both(kind: str, clock: FakeClock) -> None:
+    app = Flask(__name__)
+    app.config.update(
+        TOKENREQ_KEY=KEY, TOKENREQ_SIGNING_SECRET=SIGNING_SECRET, TOKENREQ_PROVIDER_KEYS=[KEY]
+    )
+    ext: Any
+    if kind == "issuer":
+        ext = TokenIssuer(app)
+        state_key = ISSUER_STATE
+    else:
+        ext = TokenProvider(app, nonces=MemoryNonceStore(now_ms=clock, warn=False))
+        state_key = PROVIDER_STATE
+    state = app.extensions[state_key]
+    with pytest.raises(RuntimeError, match="already registered"):
+        ext.init_app(app)
+    other = TokenIssuer() if kind == "issuer" else TokenProvider()
+    with pytest.raises(RuntimeError, match="already registered"):
+        other.init_app(app)
+    assert app.extensions[state_key] is state  # nothing swapped
+
+
+def test_import_loads_no_storage_driver_or_http_client() -> None:
+    code = """
+import json, sys
+import flask_tokenreq
+from flask_tokenreq import TokenIssuer, TokenProvider, sign_token_request, verify_mac
+heavy = ("sqlalchemy", "redis", "psycopg", "requests")
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(heavy))))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    # TokenIssuer's format=token uses the HTTP client; it is imported with the issuer.
+    assert json.loads(out) in ([], ["requests"])
+    assert "sqlalchemy" not in out
+
+
+class _User(UserMixin):
+    def __init__(self, name: str) -> None:
+        self.id = name
+
+
+def test_the_process_clock_override_reaches_issuer_and_provider() -> None:
+    fake = FakeClock(1_800_000_000_000)
+    with clock.override(fake):
+        issuer_app = Flask(__name__)
+        issuer_app.config.update(
+            SECRET_KEY="s" * 40, TOKENREQ_KEY=KEY, TOKENREQ_ISSUER_CAPABILITY={"*": ["*"]}
+        )
+        LoginManager(issuer_app).user_loader(_User)
+
+        @issuer_app.post("/login")
+        def login() -> str:
+            login_user(_User("alice"))
+            return "ok"
+
+        TokenIssuer(issuer_app)  # no now_ms: the process clock
+        client = issuer_app.test_client()
+        client.post("/login")
+        treq = client.get("/tokenreq/token").get_json()
+        assert treq["timestamp"] == fake()
+
+        app, _ = _provider_app([KEY], MemoryNonceStore(warn=False))
+        exchange = app.test_client().post(f"/keys/{KEY_NAME}/requestToken", json=treq)
+        assert exchange.status_code == 200
+        assert exchange.get_json()["issued"] == fake()
+        fake.advance(121_000)  # past the 120 s window, on the overridden clock only
+        late = sign_token_request(KEY, timestamp=fake() - 121_000)
+        refused = app.test_client().post(f"/keys/{KEY_NAME}/requestToken", json=late.to_dict())
+        assert refused.get_json()["error"]["code"] == 40104
+    assert abs(clock.now_ms() - fake()) > 1_000_000  # back to the wall clock
