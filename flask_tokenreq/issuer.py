@@ -21,6 +21,7 @@ header, error message or log line. See ``docs/issuer.md``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -39,8 +40,8 @@ from flask_login import current_user  # type: ignore[import-untyped]
 from werkzeug.exceptions import HTTPException
 from werkzeug.formparser import FormDataParser
 
+from . import extension, signals
 from . import settings as cfg
-from . import signals
 from .capability import Capability, InvalidCapability
 from .client import exchange
 from .clock import Clock, now_ms
@@ -75,7 +76,7 @@ logger = logging.getLogger(__name__)
 #: Extension name in ``app.extensions`` and blueprint name.
 EXTENSION = "tokenreq_issuer"
 #: Where the per-app state lives in ``app.extensions``.
-STATE = "tokenreq_issuer.state"
+STATE = EXTENSION + ".state"
 DEFAULT_URL_PREFIX = "/tokenreq"
 #: Default (and maximum) ttl of what the issuer signs: 60 minutes, in ms.
 DEFAULT_TTL = 3_600_000
@@ -200,18 +201,12 @@ class TokenIssuer:
         )
         if settings.key is None:
             logger.warning("TOKENREQ_KEY is not set: the issuer answers 500 until it is")
-        app.extensions[STATE] = _State(settings, self.now_ms or now_ms)
-        app.extensions[EXTENSION] = self
+        extension.register(app, EXTENSION, self, _State(settings, self.now_ms or now_ms))
         if register_blueprint if register_blueprint is not None else self.register_blueprint:
             app.register_blueprint(self.blueprint, url_prefix=settings.url_prefix)
 
     def _state(self, app: Flask | None = None) -> _State:
-        target = app if app is not None else current_app
-        state = target.extensions.get(STATE)
-        if state is None or target.extensions.get(EXTENSION) is not self:
-            raise InternalError("TokenIssuer.init_app(app) was not called for this app")
-        assert isinstance(state, _State)
-        return state
+        return extension.state_of(self, EXTENSION, _State, app)
 
     def settings(self, app: Flask | None = None) -> IssuerSettings:
         """The validated settings for ``app`` (default: the current app)."""
@@ -229,9 +224,8 @@ class TokenIssuer:
         """CORS headers (errors included) and ``no-store`` on every answer of the endpoint."""
         if request.endpoint != f"{EXTENSION}.token":
             return response
-        state = current_app.extensions.get(STATE)
-        if isinstance(state, _State) and current_app.extensions.get(EXTENSION) is self:
-            state.settings.cors.apply(request, response)
+        with contextlib.suppress(InternalError):
+            self._state().settings.cors.apply(request, response)
         return no_store(response)
 
     # -- hooks -------------------------------------------------------------

@@ -37,8 +37,8 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.routing import BuildError
 
+from . import extension, signals
 from . import settings as cfg
-from . import signals
 from .capability import Capability
 from .clock import Clock
 from .clock import now_ms as wall_clock
@@ -89,7 +89,7 @@ NONCE_MARGIN_MS = 1000
 #: Extension name in ``app.extensions`` and blueprint name.
 EXTENSION = "tokenreq_provider"
 #: Where the per-app state lives in ``app.extensions``.
-STATE = "tokenreq_provider.state"
+STATE = EXTENSION + ".state"
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -177,10 +177,6 @@ class TokenProvider:
         Raises :class:`ConfigError` naming the faulty setting; a second provider
         (or a second ``init_app``) on one app is an error.
         """
-        if EXTENSION in app.extensions:
-            raise RuntimeError(
-                "A TokenProvider is already registered on this app; use that instance"
-            )
         config = app.config
         settings = ProviderSettings.from_config(config)
         if url_prefix is not None:
@@ -214,19 +210,14 @@ class TokenProvider:
                 app.instance_path
             )
             store = open_nonce_store(url, now_ms=clock, instance_path=app.instance_path)
-        app.extensions[STATE] = _State(settings, keys, store, tokens, cors, clock, owns)
-        app.extensions[EXTENSION] = self
+        state = _State(settings, keys, store, tokens, cors, clock, owns)
+        extension.register(app, EXTENSION, self, state)
         self._apps.add(app)
         if register_blueprint and self.blueprint.name not in app.blueprints:
             app.register_blueprint(self.blueprint, url_prefix=settings.url_prefix or None)
 
     def _state(self, app: Flask | None = None) -> _State:
-        target = app if app is not None else current_app
-        state = target.extensions.get(STATE)
-        if state is None or target.extensions.get(EXTENSION) is not self:
-            raise InternalError("TokenProvider.init_app(app) has not been called for this app")
-        assert isinstance(state, _State)
-        return state
+        return extension.state_of(self, EXTENSION, _State, app)
 
     @property
     def keys(self) -> KeyStore:
@@ -255,11 +246,16 @@ class TokenProvider:
     def _make_blueprint(self) -> Blueprint:
         bp = Blueprint(EXTENSION, __name__)
 
+        @bp.before_request
+        def preflight() -> ResponseReturnValue | None:
+            """Every route answers CORS preflights (``OPTIONS``) the same way."""
+            if request.method == "OPTIONS":
+                return self._state().cors.preflight(request)
+            return None
+
         @bp.route("/keys/<key_name>/requestToken", methods=_ALL_METHODS)
         def request_token(key_name: str) -> ResponseReturnValue:
             state = self._state()
-            if request.method == "OPTIONS":
-                return state.cors.preflight(request)
             _allow(request, "POST")
             app = current_app._get_current_object()  # type: ignore[attr-defined]
             treq: TokenRequest | None = None
@@ -277,15 +273,11 @@ class TokenProvider:
 
         @bp.route("/keys/<path:rest>", methods=_ALL_METHODS)
         def unknown_key_path(rest: str) -> ResponseReturnValue:
-            if request.method == "OPTIONS":
-                return self._state().cors.preflight(request)
             raise NotFound("Not found")
 
         @bp.route("/time", methods=_ALL_METHODS)
         def time() -> ResponseReturnValue:
             state = self._state()
-            if request.method == "OPTIONS":
-                return state.cors.preflight(request)
             _allow(request, "GET", "HEAD")
             # msgpack when asked: ably-js rest.request() decodes by its own Accept.
             return ably_response([state.now()])
@@ -293,8 +285,6 @@ class TokenProvider:
         @bp.route("/.well-known/jwks.json", methods=_ALL_METHODS)
         def jwks() -> ResponseReturnValue:
             state = self._state()
-            if request.method == "OPTIONS":
-                return state.cors.preflight(request)
             _allow(request, "GET", "HEAD")
             if not state.tokens.asymmetric:
                 raise NotFound("Not found: tokens are signed with a shared secret (HS256)")
@@ -305,9 +295,10 @@ class TokenProvider:
 
         @bp.after_request
         def cors_headers(response: Response) -> Response:
-            state = current_app.extensions.get(STATE)
-            if isinstance(state, _State) and state.cors:
-                state.cors.apply(request, response)
+            with contextlib.suppress(InternalError):
+                state = self._state()
+                if state.cors:
+                    state.cors.apply(request, response)
             return response
 
         ably_errors(bp)
