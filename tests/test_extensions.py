@@ -114,3 +114,18 @@ def test_the_process_clock_override_reaches_issuer_and_provider() -> None:
         refused = app.test_client().post(f"/keys/{KEY_NAME}/requestToken", json=late.to_dict())
         assert refused.get_json()["error"]["code"] == 40104
     assert abs(clock.now_ms() - fake()) > 1_000_000  # back to the wall clock
+
+
+def test_every_json_answer_says_nosniff(clock: FakeClock) -> None:
+    app, _ = _provider_app([KEY], MemoryNonceStore(now_ms=clock, warn=False))
+    client = app.test_client()
+    treq = sign_token_request(KEY)
+    answers = [
+        client.get("/time"),
+        client.post(f"/keys/{KEY_NAME}/requestToken", json=treq.to_dict()),
+        client.post(f"/keys/{KEY_NAME}/requestToken", data=b"{"),
+        client.get("/keys/nothing/here"),
+    ]
+    for response in answers:
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.request.path
+        assert response.headers["Cache-Control"] == "no-store"
