@@ -6,27 +6,39 @@ A token is a JWT with header ``{"alg", "typ": "at+jwt", "kid"}`` and claims
 HS256 with a shared secret by default; EdDSA or ES256 with a PEM private key,
 whose public half :meth:`TokenService.jwks` publishes.
 
+The signing key can be rotated the way Flask rotates ``SECRET_KEY``: new
+tokens are signed with the current key; keys listed in
+``TOKENREQ_SIGNING_SECRET_FALLBACKS`` (HS256 secrets) and
+``TOKENREQ_SIGNING_KEY_FALLBACKS`` (EdDSA/ES256 PEM keys) still verify the
+tokens they signed until those expire. Every key has its own ``kid`` and its
+own algorithm: a token's ``kid`` picks the one key that may verify it, and the
+token's ``alg`` must be that key's.
+
 Verification follows RFC 8725: the algorithm is pinned (never read from the
 token), the size is checked before decoding, header and payload are parsed
 with duplicate keys refused, ``typ`` is checked, ``exp``/``iat``/``jti``/``iss``
 are required and must be numbers/strings as the RFC says (a numeric string
 ``exp`` is refused), and time is checked against the injected clock with a
-leeway. Ably JWTs (``typ`` ``JWT``, ``kid`` = key name, HS256 with that key's
-secret) are accepted too. A token never grants more than its key grants now.
+leeway. PyJWT does none of those strict checks (docs/provider.md), so they are
+done here; the signature itself is checked by PyJWT's algorithm objects and
+tokens are minted with :func:`jwt.encode`. Ably JWTs (``typ`` ``JWT``, ``kid``
+= key name, HS256 with that key's secret) are accepted too. A token never
+grants more than its key grants now, and every token of a revoked key is
+refused (40141).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 import json
 import math
 import os
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,10 +48,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 
 from .capability import Capability, InvalidCapability
 from .clock import Clock, now_ms
-from .config import get_int, get_str
-from .errors import ConfigError, InvalidCredentials, InvalidToken, TokenExpired
+from .config import get_int, get_str, get_str_list
+from .errors import (
+    ConfigError,
+    InvalidCredentials,
+    InvalidToken,
+    KeyRevoked,
+    TokenExpired,
+    TokenRevoked,
+)
 from .keys import ApiKey, KeyStore
-from .tokenrequest import _hmac_key_pads, _hmac_sha256, _make_pads, random_bytes
 
 #: Algorithms the provider can sign its tokens with.
 ALGORITHMS = ("HS256", "EdDSA", "ES256")
@@ -47,7 +65,7 @@ ALGORITHMS = ("HS256", "EdDSA", "ES256")
 TOKEN_TYPE = "at+jwt"
 #: The default ``iss`` claim (``TOKENREQ_TOKEN_ISSUER``).
 DEFAULT_ISSUER = "flask-tokenreq"
-#: Shortest ``TOKENREQ_SIGNING_SECRET`` accepted, in bytes (RFC 7518 §3.2).
+#: Shortest HS256 signing secret accepted, in bytes (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
 DEFAULT_LEEWAY_S = 5
 DEFAULT_MAX_TOKEN_BYTES = 8192
@@ -62,9 +80,6 @@ _MAX_ID_CHARS = 256
 _ALL_CANONICAL = Capability.all().canonical
 _ALGORITHM_OBJECTS = jwt.algorithms.get_default_algorithms()
 _HS256 = _ALGORITHM_OBJECTS["HS256"]
-#: Bounds of TokenService's verified-token cache (entries; characters per token).
-_VERIFIED_CACHE_SIZE = 4096
-_VERIFIED_MAX_CHARS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,11 @@ class Identity:
     issued_ms: int | None = None
     expires_ms: int | None = None
     kind: TokenKind = "token"
+
+
+#: ``revoked=`` of :meth:`TokenService.verify`: whether a verified token has
+#: been revoked (True: refused with 40141).
+RevocationCheck = Callable[[Identity], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +178,25 @@ def _signature_bytes(segment: str) -> bytes:
     return raw
 
 
+def _check_signature(
+    signing_input: bytes, signature_segment: str, algorithm: str, keys: Iterable[Any]
+) -> None:
+    """Verify with PyJWT's object for the pinned ``algorithm``, under any of ``keys``.
+
+    ``keys`` are prepared verifying keys of that one algorithm: the key a
+    ``kid`` names, or the current and still-valid secrets of one API key.
+    """
+    signature = _signature_bytes(signature_segment)
+    verifier = _ALGORITHM_OBJECTS[algorithm]
+    for key in keys:
+        try:
+            if verifier.verify(signing_input, key, signature):
+                return
+        except (jwt.PyJWTError, ValueError, TypeError):
+            pass
+    raise InvalidToken("token signature does not verify")
+
+
 # -- claims ----------------------------------------------------------------------------
 
 
@@ -200,49 +239,39 @@ def _required_string(payload: Mapping[str, Any], name: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=1024)
-def _effective_capability(token_text: str, key_text: str) -> Capability:
-    """The token's capability narrowed to what its key grants (cached: tokens repeat)."""
-    token_cap = Capability.parse(token_text)
-    if key_text == _ALL_CANONICAL:
-        return token_cap
-    return token_cap.intersect(Capability.parse(key_text))
-
-
 def _capability_claim(text: str, key: ApiKey, what: str) -> Capability:
+    """The token's capability narrowed to what its key grants now."""
     try:
-        return _effective_capability(text, key.capability.canonical)
+        token_capability = Capability.parse(text)
     except InvalidCapability:
         raise InvalidToken(f"token {what} claim is not a valid capability") from None
+    if key.capability.canonical == _ALL_CANONICAL:
+        return token_capability
+    return token_capability.intersect(key.capability)
 
 
-# -- keys ------------------------------------------------------------------------------
+def _check_key(key: ApiKey, now: int) -> None:
+    """The key that made a token must be active: revoked 40141, expired 40132.
 
-
-def _load_private_key(value: str | bytes, setting: str) -> Any:
-    """Load a PEM private key given as text, bytes or a file path."""
-    data: bytes
-    if isinstance(value, str):
-        text = value.strip()
-        if "-----BEGIN" not in text and os.path.isfile(text):
-            with open(text, "rb") as handle:
-                data = handle.read()
-        else:
-            if "\n" not in text and "\\n" in text:
-                text = text.replace("\\n", "\n")  # an env var with escaped newlines
-            data = text.encode("utf-8")
-    elif isinstance(value, bytes):
-        data = value
-    else:
-        raise ConfigError(f"{setting} must be a PEM private key (text) or a path to one")
+    The status check is the key's own (:meth:`ApiKey.check_active`); only the
+    code changes, since for a token the key's revocation revokes the token.
+    """
     try:
-        return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise ConfigError(
-            f"{setting} is not an unencrypted PEM private key (or a path to one)"
+        key.check_active(now)
+    except KeyRevoked:
+        raise TokenRevoked(
+            f"Token revoked: the key {key.key_name!r} that issued it has been revoked"
         ) from None
-    except Exception:  # cryptography's UnsupportedAlgorithm and friends
-        raise ConfigError(f"{setting} holds an unsupported private key") from None
+
+
+def _verifying_secrets(key: ApiKey, now: int) -> tuple[bytes, ...]:
+    """The secrets an Ably JWT of ``key`` may be signed with, newest first."""
+    # TODO: ApiKey.verifying_secrets(now_ms) (the lead's keys/base.py) once it
+    # lands on main: the current secret and those still in their rotation grace.
+    return tuple(secret.encode("utf-8") for secret in (key.secret,))
+
+
+# -- signing keys ----------------------------------------------------------------------
 
 
 def _b64url(data: bytes) -> str:
@@ -257,16 +286,140 @@ def _thumbprint(jwk: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Signed:
-    signing_input: bytes
-    signature: str
+class _VerifyingKey:
+    """One key that verifies tokens: its ``kid``, its one algorithm, its public JWK."""
+
+    kid: str
+    algorithm: str
+    #: Prepared for PyJWT's algorithm object: HS256 secret bytes or a public key.
+    key: Any = field(repr=False)
+    #: The public JWK (EdDSA/ES256), ``None`` for HS256.
+    jwk: Mapping[str, Any] | None = None
+
+
+def _hs256_secret(secret: object, setting: str) -> bytes:
+    """Validate an HS256 signing secret; returns its bytes."""
+    if secret is None or secret in ("", b""):
+        raise ConfigError(
+            f"{setting} is not set: HS256 tokens need a secret of at least "
+            f"{MIN_SECRET_BYTES} bytes (e.g. secrets.token_urlsafe(32))"
+        )
+    if not isinstance(secret, (str, bytes)):
+        raise ConfigError(f"{setting} must be a string")
+    raw = secret.encode("utf-8") if isinstance(secret, str) else secret
+    if len(raw) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{setting} is too short: at least {MIN_SECRET_BYTES} bytes are required for HS256"
+        )
+    try:
+        _HS256.prepare_key(raw)
+    except jwt.InvalidKeyError:
+        raise ConfigError(
+            f"{setting} looks like a PEM, DER or SSH key: use a random secret for HS256, "
+            "or TOKENREQ_SIGNING_KEY for EdDSA/ES256"
+        ) from None
+    return raw
+
+
+def _hs256_key(raw: bytes) -> _VerifyingKey:
+    """An HS256 key; its ``kid`` is derived from the secret and reveals nothing of it."""
+    derived = hmac.new(raw, b"flask-tokenreq key id", hashlib.sha256).digest()
+    return _VerifyingKey("hs-" + _b64url(derived[:12]), "HS256", _HS256.prepare_key(raw))
+
+
+def _pem_bytes(value: object, setting: str) -> bytes:
+    """PEM given as text (``\\n`` escapes allowed, as in an env var), bytes or a file path."""
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{setting} must be a PEM key (text) or a path to one")
+    text = value.strip()
+    if "-----BEGIN" not in text and os.path.isfile(text):
+        with open(text, "rb") as handle:
+            return handle.read()
+    if "\n" not in text and "\\n" in text:
+        text = text.replace("\\n", "\n")
+    return text.encode("utf-8")
+
+
+def _load_key(value: object, setting: str, *, public: bool = False) -> Any:
+    """Load a PEM key given as text, bytes or a file path.
+
+    A private key (unencrypted); with ``public``, the public key of a PEM
+    public or private key.
+    """
+    data = _pem_bytes(value, setting)
+    try:
+        if not public or b"PRIVATE KEY-----" in data:
+            private = serialization.load_pem_private_key(data, password=None)
+            return private.public_key() if public else private
+        return serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        kind = "public or private key" if public else "private key"
+        raise ConfigError(
+            f"{setting} is not a PEM {kind} without a password (or a path to one)"
+        ) from None
+    except Exception:  # cryptography's UnsupportedAlgorithm and friends
+        raise ConfigError(f"{setting} holds an unsupported kind of key") from None
+
+
+def _asymmetric_algorithm(public_key: Any) -> str | None:
+    """``EdDSA`` for Ed25519/Ed448, ``ES256`` for P-256, else ``None``."""
+    if isinstance(public_key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return "EdDSA"
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        return "ES256"
+    return None
+
+
+def _asymmetric_key(public_key: Any, algorithm: str) -> _VerifyingKey:
+    """A verifying key for EdDSA/ES256; its ``kid`` is the JWK thumbprint."""
+    jwk: dict[str, Any]
+    if algorithm == "EdDSA":
+        jwk = jwt.algorithms.OKPAlgorithm.to_jwk(public_key, as_dict=True)
+    else:
+        jwk = jwt.algorithms.ECAlgorithm.to_jwk(public_key, as_dict=True)
+    kid = _thumbprint(jwk)
+    jwk.update({"kid": kid, "alg": algorithm, "use": "sig"})
+    return _VerifyingKey(kid, algorithm, public_key, jwk)
+
+
+def _fallback_keys(
+    secret_fallbacks: Iterable[str | bytes], key_fallbacks: Iterable[str | bytes]
+) -> list[_VerifyingKey]:
+    """Verifying keys for the fallback settings, in the order given."""
+    for value, setting in (
+        (secret_fallbacks, "TOKENREQ_SIGNING_SECRET_FALLBACKS"),
+        (key_fallbacks, "TOKENREQ_SIGNING_KEY_FALLBACKS"),
+    ):
+        if isinstance(value, (str, bytes)):
+            raise ConfigError(f"{setting} must be a list, not a single string (wrap it in a list)")
+    out = [
+        _hs256_key(_hs256_secret(secret, f"TOKENREQ_SIGNING_SECRET_FALLBACKS[{index}]"))
+        for index, secret in enumerate(secret_fallbacks)
+    ]
+    for index, pem in enumerate(key_fallbacks):
+        setting = f"TOKENREQ_SIGNING_KEY_FALLBACKS[{index}]"
+        public_key = _load_key(pem, setting, public=True)
+        algorithm = _asymmetric_algorithm(public_key)
+        if algorithm is None:
+            raise ConfigError(f"{setting} must be an Ed25519 (EdDSA) or P-256 (ES256) key")
+        out.append(_asymmetric_key(public_key, algorithm))
+    return out
 
 
 # -- the service -----------------------------------------------------------------------
 
 
 class TokenService:
-    """Mints and verifies the provider's tokens. Build once; thread-safe."""
+    """Mints and verifies the provider's tokens. Build once per app; thread-safe.
+
+    ``secret_fallbacks`` (HS256 secrets) and ``key_fallbacks`` (EdDSA/ES256
+    PEM keys, private or public) are former signing keys: they sign nothing,
+    and verify the tokens they signed until those expire.
+    """
 
     def __init__(
         self,
@@ -274,6 +427,8 @@ class TokenService:
         algorithm: str = "HS256",
         secret: str | bytes | None = None,
         private_key: str | bytes | None = None,
+        secret_fallbacks: Iterable[str | bytes] = (),
+        key_fallbacks: Iterable[str | bytes] = (),
         issuer: str = DEFAULT_ISSUER,
         key_id: str | None = None,
         leeway_s: int = DEFAULT_LEEWAY_S,
@@ -294,68 +449,44 @@ class TokenService:
         self.max_token_bytes = max_token_bytes
         self.max_ttl_ms = max_ttl_ms
         self._now = now_ms
-        self._alg = _ALGORITHM_OBJECTS[algorithm]
-        self._hs256 = _ALGORITHM_OBJECTS["HS256"]
-        self._public_jwk: dict[str, Any] | None = None
-        self._hs_pads: Any = None
-        #: Our tokens whose header and signature verified: token -> payload (read
-        #: only). A bearer token is sent with every request; a hit skips the
-        #: parsing and the signature check (the same string verified before,
-        #: under this service's key), never the claim checks.
-        self._verified: dict[str, Mapping[str, Any]] = {}
+        #: What :func:`jwt.encode` signs with: HS256 secret bytes or a private key.
         self._signing_key: Any
-        self._verifying_key: Any
+        current: _VerifyingKey
         if algorithm == "HS256":
-            if secret is None or secret == "":
-                raise ConfigError(
-                    "TOKENREQ_SIGNING_SECRET is not set: HS256 tokens need a secret of at "
-                    f"least {MIN_SECRET_BYTES} bytes (e.g. secrets.token_urlsafe(32))"
-                )
-            if not isinstance(secret, (str, bytes)):
-                raise ConfigError("TOKENREQ_SIGNING_SECRET must be a string")
-            raw = secret.encode("utf-8") if isinstance(secret, str) else secret
-            if len(raw) < MIN_SECRET_BYTES:
-                raise ConfigError(
-                    f"TOKENREQ_SIGNING_SECRET is too short: at least {MIN_SECRET_BYTES} bytes "
-                    "are required for HS256"
-                )
-            try:
-                self._signing_key = self._verifying_key = self._alg.prepare_key(raw)
-                # HS256 is computed from precomputed HMAC key blocks (same result as PyJWT's).
-                self._hs_pads = _make_pads(self._signing_key)
-            except jwt.InvalidKeyError:
-                raise ConfigError(
-                    "TOKENREQ_SIGNING_SECRET looks like a PEM or SSH key: use a random secret "
-                    "for HS256, or TOKENREQ_SIGNING_KEY for EdDSA/ES256"
-                ) from None
-            derived = hmac.new(raw, b"flask-tokenreq key id", hashlib.sha256).digest()
-            default_kid = "hs-" + _b64url(derived[:12])
+            self._signing_key = _hs256_secret(secret, "TOKENREQ_SIGNING_SECRET")
+            current = _hs256_key(self._signing_key)
         else:
             if private_key is None or private_key == "":
                 raise ConfigError(
                     f"TOKENREQ_SIGNING_KEY is not set: {algorithm} tokens need a PEM private key"
                 )
-            key = _load_private_key(private_key, "TOKENREQ_SIGNING_KEY")
-            if algorithm == "EdDSA":
-                if not isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-                    raise ConfigError("TOKENREQ_SIGNING_KEY must be an Ed25519 key for EdDSA")
-                jwk = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
-            else:
-                if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
-                    key.curve, ec.SECP256R1
-                ):
-                    raise ConfigError("TOKENREQ_SIGNING_KEY must be a P-256 EC key for ES256")
-                jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
-            self._signing_key = key
-            self._verifying_key = key.public_key()
-            default_kid = _thumbprint(jwk)
-            self._public_jwk = dict(jwk)
-        self.key_id = key_id or default_kid
-        if self._public_jwk is not None:
-            self._public_jwk.update({"kid": self.key_id, "alg": algorithm, "use": "sig"})
-        header = {"alg": algorithm, "typ": TOKEN_TYPE, "kid": self.key_id}
-        self._header: dict[str, Any] = header
-        self._header_segment = _b64url(json.dumps(header, separators=(",", ":")).encode())
+            self._signing_key = _load_key(private_key, "TOKENREQ_SIGNING_KEY")
+            public_key = self._signing_key.public_key()
+            if _asymmetric_algorithm(public_key) != algorithm:
+                raise ConfigError(
+                    "TOKENREQ_SIGNING_KEY must be an Ed25519 key for EdDSA"
+                    if algorithm == "EdDSA"
+                    else "TOKENREQ_SIGNING_KEY must be a P-256 EC key for ES256"
+                )
+            current = _asymmetric_key(public_key, algorithm)
+        derived_kid = current.kid
+        if key_id:
+            jwk = None if current.jwk is None else {**current.jwk, "kid": key_id}
+            current = _VerifyingKey(key_id, algorithm, current.key, jwk)
+        self.key_id = current.kid
+        #: Every key that verifies, by kid: the current one first.
+        self._keys: dict[str, _VerifyingKey] = {current.kid: current}
+        for fallback in _fallback_keys(secret_fallbacks, key_fallbacks):
+            if fallback.kid == derived_kid:
+                continue  # the current key listed again
+            if fallback.kid in self._keys:
+                if fallback.kid == self.key_id:
+                    raise ConfigError(
+                        "TOKENREQ_SIGNING_KEY_ID is the kid of a fallback signing key: "
+                        "two keys cannot share a kid"
+                    )
+                continue  # the same fallback listed twice
+            self._keys[fallback.kid] = fallback
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, now_ms: Clock = now_ms) -> TokenService:
@@ -366,7 +497,7 @@ class TokenService:
         if algorithm is None:
             algorithm = "HS256"
             if private_key and not secret:
-                key = _load_private_key(private_key, "TOKENREQ_SIGNING_KEY")
+                key = _load_key(private_key, "TOKENREQ_SIGNING_KEY")
                 algorithm = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "EdDSA"
         leeway = get_int(config, "TOKENREQ_LEEWAY", DEFAULT_LEEWAY_S, minimum=0)
         max_bytes = get_int(
@@ -378,6 +509,8 @@ class TokenService:
             algorithm=algorithm,
             secret=secret,
             private_key=private_key,
+            secret_fallbacks=get_str_list(config, "TOKENREQ_SIGNING_SECRET_FALLBACKS"),
+            key_fallbacks=get_str_list(config, "TOKENREQ_SIGNING_KEY_FALLBACKS"),
             issuer=issuer,
             key_id=get_str(config, "TOKENREQ_SIGNING_KEY_ID"),
             leeway_s=leeway,
@@ -388,11 +521,17 @@ class TokenService:
 
     @property
     def asymmetric(self) -> bool:
-        return self._public_jwk is not None
+        """Whether there is a public key to publish (the current key or a fallback)."""
+        return any(key.jwk is not None for key in self._keys.values())
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The kid of every key that verifies tokens, the current one first."""
+        return tuple(self._keys)
 
     def jwks(self) -> dict[str, Any]:
-        """The JWK Set with the public verification key (no keys for HS256)."""
-        return {"keys": [] if self._public_jwk is None else [dict(self._public_jwk)]}
+        """The JWK Set: every public verification key, the current one first."""
+        return {"keys": [dict(key.jwk) for key in self._keys.values() if key.jwk is not None]}
 
     def __repr__(self) -> str:
         return f"TokenService(algorithm={self.algorithm!r}, kid={self.key_id!r})"
@@ -408,9 +547,8 @@ class TokenService:
         issued_ms: int,
         expires_ms: int,
     ) -> IssuedToken:
-        """Sign a token. ``exp`` is rounded up to a whole second."""
-        # The form of secrets.token_urlsafe(16): 128 bits, 22 characters.
-        token_id = base64.urlsafe_b64encode(random_bytes(16)).rstrip(b"=").decode("ascii")
+        """Sign a token with the current key. ``exp`` is rounded up to a whole second."""
+        token_id = secrets.token_urlsafe(16)
         iat = issued_ms // 1000
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -423,13 +561,12 @@ class TokenService:
         }
         if client_id is not None:
             claims["clientId"] = client_id
-        body = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        signing_input = f"{self._header_segment}.{_b64url(body)}"
-        if self.algorithm == "HS256":
-            signature = _hmac_sha256(self._hs_pads, signing_input.encode("ascii"))
-        else:
-            signature = self._alg.sign(signing_input.encode("ascii"), self._signing_key)
-        token = f"{signing_input}.{_b64url(signature)}"
+        token = jwt.encode(
+            claims,
+            self._signing_key,
+            algorithm=self.algorithm,
+            headers={"typ": TOKEN_TYPE, "kid": self.key_id},
+        )
         return IssuedToken(
             token=token,
             key_name=key_name,
@@ -442,63 +579,36 @@ class TokenService:
 
     # -- verification --------------------------------------------------------------
 
-    def verify(self, token: str, keys: KeyStore) -> Identity:
+    def verify(
+        self, token: str, keys: KeyStore, *, revoked: RevocationCheck | None = None
+    ) -> Identity:
         """Verify a provider token or an Ably JWT; raises a :class:`TokenReqError`.
 
         40144 invalid token, 40142 expired, 40101 the key is no longer known,
-        40131/40132 the key is revoked/expired.
+        40141 the key is revoked or ``revoked(identity)`` is true, 40132 the
+        key has expired.
         """
         if not isinstance(token, str) or len(token) > self.max_token_bytes:
             raise InvalidToken(f"token is larger than {self.max_token_bytes} bytes")
-        verified = self._verified.get(token)
-        if verified is not None:
-            # This exact string passed the header and signature checks before:
-            # only the claims are checked again (time, key status, capability).
-            return self._claims_ours(verified, keys)
         if _COMPACT.fullmatch(token) is None:
             raise InvalidToken("token is not a signed compact JWT")
         header_seg, payload_seg, signature_seg = token.split(".")
-        # The provider's own header is always the same text: skip parsing it.
-        header = (
-            self._header
-            if header_seg == self._header_segment
-            else _strict_segment(header_seg, "header")
-        )
+        header = _strict_segment(header_seg, "header")
         payload = _strict_segment(payload_seg, "payload")
-        signed = _Signed(f"{header_seg}.{payload_seg}".encode("ascii"), signature_seg)
+        signing_input = f"{header_seg}.{payload_seg}".encode("ascii")
         if "crit" in header or "b64" in header:
             raise InvalidToken("token header uses an unsupported extension (crit/b64)")
+        now = self._now()
         typ = header.get("typ")
         if isinstance(typ, str) and typ.lower() in _OUR_TYPES:
-            identity = self._verify_ours(signed, header, payload, keys)
-            if header_seg == self._header_segment and len(token) <= _VERIFIED_MAX_CHARS:
-                if len(self._verified) >= _VERIFIED_CACHE_SIZE:
-                    self._verified.clear()
-                self._verified[token] = payload
-            return identity
-        if typ is None or (isinstance(typ, str) and typ.lower() in _ABLY_TYPES):
-            return self._verify_ably(signed, header, payload, keys)
-        raise InvalidToken("token type (typ) is not accepted")
-
-    @staticmethod
-    def _check_signature(signed: _Signed, algorithm: Any, key: Any) -> None:
-        """Verify with PyJWT's algorithm object for the pinned algorithm.
-
-        HS256 (``algorithm`` is PyJWT's HS256 object, ``key`` bytes) is checked
-        the way PyJWT does it (``hmac.compare_digest`` of the expected MAC),
-        with the MAC computed from cached HMAC key blocks.
-        """
-        signature = _signature_bytes(signed.signature)
-        try:
-            if algorithm is _HS256 and isinstance(key, bytes):
-                expected = _hmac_sha256(_hmac_key_pads(key), signed.signing_input)
-                valid = hmac.compare_digest(signature, expected)
-            else:
-                valid = algorithm.verify(signed.signing_input, key, signature)
-        except (jwt.PyJWTError, ValueError, TypeError):
-            valid = False
-        if not valid:
-            raise InvalidToken("token signature does not verify")
+            identity = self._verify_ours(signing_input, signature_seg, header, payload, keys, now)
+        elif typ is None or (isinstance(typ, str) and typ.lower() in _ABLY_TYPES):
+            identity = self._verify_ably(signing_input, signature_seg, header, payload, keys, now)
+        else:
+            raise InvalidToken("token type (typ) is not accepted")
+        if revoked is not None and revoked(identity):
+            raise TokenRevoked("Token revoked")
+        return identity
 
     def _times(self, payload: Mapping[str, Any], now: int) -> tuple[int, int]:
         exp = _required_seconds(payload, "exp")
@@ -516,19 +626,26 @@ class TokenService:
 
     def _verify_ours(
         self,
-        signed: _Signed,
+        signing_input: bytes,
+        signature_seg: str,
         header: Mapping[str, Any],
         payload: Mapping[str, Any],
         keys: KeyStore,
+        now: int,
     ) -> Identity:
-        if header.get("alg") != self.algorithm:
+        kid = header.get("kid")
+        signer = self._keys.get(kid) if isinstance(kid, str) else None
+        if signer is None:
+            raise InvalidToken(
+                "token was signed with a key this provider does not know (kid): "
+                "it may have been removed from the signing key fallbacks"
+            )
+        if header.get("alg") != signer.algorithm:
             raise InvalidToken("token algorithm (alg) is not accepted")
-        if header.get("kid") != self.key_id:
-            raise InvalidToken("token was not signed with the current signing key (kid)")
-        self._check_signature(signed, self._alg, self._verifying_key)
-        return self._claims_ours(payload, keys)
+        _check_signature(signing_input, signature_seg, signer.algorithm, (signer.key,))
+        return self._claims_ours(payload, keys, now)
 
-    def _claims_ours(self, payload: Mapping[str, Any], keys: KeyStore) -> Identity:
+    def _claims_ours(self, payload: Mapping[str, Any], keys: KeyStore, now: int) -> Identity:
         """The checks of one of our tokens after its signature verified."""
         if payload.get("iss") != self.issuer:
             raise InvalidToken("token issuer (iss) is not accepted")
@@ -538,12 +655,11 @@ class TokenService:
         key_name = _required_string(payload, "keyName")
         cap_text = _required_string(payload, "capability")
         client_id = _string(payload, "clientId")
-        now = self._now()
         iat, exp = self._times(payload, now)
         key = keys.get(key_name)
         if key is None:
             raise InvalidCredentials(f"the key {key_name!r} that issued this token is not known")
-        key.check_active(now)
+        _check_key(key, now)
         return Identity(
             key_name=key_name,
             client_id=client_id,
@@ -556,10 +672,12 @@ class TokenService:
 
     def _verify_ably(
         self,
-        signed: _Signed,
+        signing_input: bytes,
+        signature_seg: str,
         header: Mapping[str, Any],
         payload: Mapping[str, Any],
         keys: KeyStore,
+        now: int,
     ) -> Identity:
         if header.get("alg") != "HS256":
             raise InvalidToken("Ably JWT algorithm (alg) must be HS256")
@@ -569,15 +687,14 @@ class TokenService:
         key = keys.get(key_name)
         if key is None:
             raise InvalidCredentials(f"Ably JWT key {key_name!r} is not known")
-        self._check_signature(signed, self._hs256, key.secret.encode("utf-8"))
+        _check_signature(signing_input, signature_seg, "HS256", _verifying_secrets(key, now))
         cap_text = _required_string(payload, "x-ably-capability")
         client_id = _string(payload, "x-ably-clientId")
         jti = payload.get("jti")
-        now = self._now()
         iat, exp = self._times(payload, now)
         if exp - iat > self.max_ttl_ms:
             raise InvalidToken("Ably JWT lifetime (exp - iat) is longer than TOKENREQ_MAX_TTL")
-        key.check_active(now)
+        _check_key(key, now)
         return Identity(
             key_name=key_name,
             client_id=client_id,

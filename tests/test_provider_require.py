@@ -272,7 +272,7 @@ def test_token_of_a_removed_or_revoked_key(client: FlaskClient, clock: FakeClock
     removed, _ = build(clock, keys=StaticKeyStore([ApiKey("appid.other", OTHER_SECRET)]))
     assert_error(removed.test_client().get("/whoami", headers=bearer(token)), 401, 40101)
     revoked, _ = build(clock, keys=StaticKeyStore([ApiKey(KEY_NAME, SECRET, status="revoked")]))
-    assert_error(revoked.test_client().get("/whoami", headers=bearer(token)), 401, 40131)
+    assert_error(revoked.test_client().get("/whoami", headers=bearer(token)), 401, 40141)
 
 
 def test_options_passes_through(client: FlaskClient) -> None:

@@ -469,7 +469,7 @@ def test_token_signed_with_another_secret_is_refused(
 def test_removed_revoked_and_expired_keys(service: TokenService, clock: FakeClock) -> None:
     token = mint(service, clock)
     refused(service, keystore(ApiKey("appid.other", OTHER_SECRET)), token, 40101)
-    refused(service, keystore(ApiKey(KEY_NAME, SECRET, status="revoked")), token, 40131)
+    refused(service, keystore(ApiKey(KEY_NAME, SECRET, status="revoked")), token, 40141)
     refused(service, keystore(ApiKey(KEY_NAME, SECRET, expires_at_ms=clock())), token, 40132)
 
 
@@ -561,7 +561,7 @@ def test_bad_ably_jwts(
 
 def test_ably_jwt_of_revoked_key(service: TokenService) -> None:
     token = ably_jwt()
-    refused(service, keystore(ApiKey(KEY_NAME, SECRET, status="revoked")), token, 40131)
+    refused(service, keystore(ApiKey(KEY_NAME, SECRET, status="revoked")), token, 40141)
 
 
 # -- asymmetric signing ------------------------------------------------------------------------
