@@ -80,6 +80,9 @@ _MAX_ID_CHARS = 256
 _ALL_CANONICAL = Capability.all().canonical
 _ALGORITHM_OBJECTS = jwt.algorithms.get_default_algorithms()
 _HS256 = _ALGORITHM_OBJECTS["HS256"]
+#: Bounds of a TokenService's verified-token cache (entries; characters per token).
+_VERIFIED_CACHE_SIZE = 4096
+_VERIFIED_MAX_CHARS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +240,19 @@ def _required_string(payload: Mapping[str, Any], name: str) -> str:
     if value is None:
         raise InvalidToken(f"token has no {name} claim")
     return value
+
+
+@dataclass(slots=True)
+class _Verified:
+    """One of our tokens whose header and signature verified: a cache entry.
+
+    Holds the token's claims (no secret, not the token) and, in one tuple so
+    that threads always read a matching pair, the key capability text it was
+    last narrowed against and the result.
+    """
+
+    payload: Mapping[str, Any]
+    narrowed: tuple[str, Capability] | None = None
 
 
 def _capability_claim(text: str, key: ApiKey, what: str) -> Capability:
@@ -449,6 +465,9 @@ class TokenService:
         self.max_token_bytes = max_token_bytes
         self.max_ttl_ms = max_ttl_ms
         self._now = now_ms
+        #: SHA-256 of a token -> its verified claims; see :meth:`verify`.
+        self._verified: dict[bytes, _Verified] = {}
+        self._verified_size = _VERIFIED_CACHE_SIZE
         #: What :func:`jwt.encode` signs with: HS256 secret bytes or a private key.
         self._signing_key: Any
         current: _VerifyingKey
@@ -592,23 +611,41 @@ class TokenService:
             raise InvalidToken(f"token is larger than {self.max_token_bytes} bytes")
         if _COMPACT.fullmatch(token) is None:
             raise InvalidToken("token is not a signed compact JWT")
+        now = self._now()
+        # A bearer token comes back with every request. One of ours whose header
+        # and signature verified under this service's keys (fixed for its life)
+        # is remembered by digest: a hit skips the parsing and the signature,
+        # never the claims, the key's status and capability, or `revoked`.
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        entry = self._verified.get(digest)
+        if entry is not None:
+            identity = self._claims_ours(entry, keys, now)
+        else:
+            identity = self._verify_signed(token, digest, keys, now)
+        if revoked is not None and revoked(identity):
+            raise TokenRevoked("Token revoked")
+        return identity
+
+    def _verify_signed(self, token: str, digest: bytes, keys: KeyStore, now: int) -> Identity:
+        """Parse strictly, route by ``typ``, check the signature and the claims."""
         header_seg, payload_seg, signature_seg = token.split(".")
         header = _strict_segment(header_seg, "header")
         payload = _strict_segment(payload_seg, "payload")
         signing_input = f"{header_seg}.{payload_seg}".encode("ascii")
         if "crit" in header or "b64" in header:
             raise InvalidToken("token header uses an unsupported extension (crit/b64)")
-        now = self._now()
         typ = header.get("typ")
         if isinstance(typ, str) and typ.lower() in _OUR_TYPES:
-            identity = self._verify_ours(signing_input, signature_seg, header, payload, keys, now)
-        elif typ is None or (isinstance(typ, str) and typ.lower() in _ABLY_TYPES):
-            identity = self._verify_ably(signing_input, signature_seg, header, payload, keys, now)
-        else:
-            raise InvalidToken("token type (typ) is not accepted")
-        if revoked is not None and revoked(identity):
-            raise TokenRevoked("Token revoked")
-        return identity
+            entry = _Verified(payload)
+            identity = self._verify_ours(signing_input, signature_seg, header, entry, keys, now)
+            if len(token) <= _VERIFIED_MAX_CHARS and self._verified_size > 0:
+                if len(self._verified) >= self._verified_size:
+                    self._verified.clear()
+                self._verified[digest] = entry
+            return identity
+        if typ is None or (isinstance(typ, str) and typ.lower() in _ABLY_TYPES):
+            return self._verify_ably(signing_input, signature_seg, header, payload, keys, now)
+        raise InvalidToken("token type (typ) is not accepted")
 
     def _times(self, payload: Mapping[str, Any], now: int) -> tuple[int, int]:
         exp = _required_seconds(payload, "exp")
@@ -629,7 +666,7 @@ class TokenService:
         signing_input: bytes,
         signature_seg: str,
         header: Mapping[str, Any],
-        payload: Mapping[str, Any],
+        entry: _Verified,
         keys: KeyStore,
         now: int,
     ) -> Identity:
@@ -643,10 +680,11 @@ class TokenService:
         if header.get("alg") != signer.algorithm:
             raise InvalidToken("token algorithm (alg) is not accepted")
         _check_signature(signing_input, signature_seg, signer.algorithm, (signer.key,))
-        return self._claims_ours(payload, keys, now)
+        return self._claims_ours(entry, keys, now)
 
-    def _claims_ours(self, payload: Mapping[str, Any], keys: KeyStore, now: int) -> Identity:
-        """The checks of one of our tokens after its signature verified."""
+    def _claims_ours(self, entry: _Verified, keys: KeyStore, now: int) -> Identity:
+        """The checks of one of our tokens after its signature verified (or a cache hit)."""
+        payload = entry.payload
         if payload.get("iss") != self.issuer:
             raise InvalidToken("token issuer (iss) is not accepted")
         jti = _required_string(payload, "jti")
@@ -660,10 +698,17 @@ class TokenService:
         if key is None:
             raise InvalidCredentials(f"the key {key_name!r} that issued this token is not known")
         _check_key(key, now)
+        # The capability narrowed to the key's as it is now: recomputed whenever
+        # the key's capability differs from the one the entry remembers.
+        key_text = key.capability.canonical
+        narrowed = entry.narrowed
+        if narrowed is None or narrowed[0] != key_text:
+            narrowed = (key_text, _capability_claim(cap_text, key, "capability"))
+            entry.narrowed = narrowed
         return Identity(
             key_name=key_name,
             client_id=client_id,
-            capability=_capability_claim(cap_text, key, "capability"),
+            capability=narrowed[1],
             token_id=jti,
             issued_ms=iat,
             expires_ms=exp,

@@ -27,6 +27,7 @@ from flask_tokenreq.errors import (
     KeyRevoked,
     TokenExpired,
     TokenReqError,
+    TokenRevoked,
 )
 from flask_tokenreq.keys import ApiKey, KeyStore, StaticKeyStore
 from flask_tokenreq.nonces import MemoryNonceStore
@@ -403,6 +404,7 @@ def test_malleable_encodings_are_refused(
     service: TokenService, keys: StaticKeyStore, clock: FakeClock
 ) -> None:
     token = mint(service, clock)
+    service.verify(token, keys)  # remembered: its variants must still be refused
     head, payload, sig = token.split(".")
     for bad in (
         token + "=",
@@ -695,3 +697,73 @@ def test_errors_are_the_documented_classes(service: TokenService, keys: StaticKe
         service.verify("x.y.z", keys)
     with pytest.raises(InvalidCredentials):
         service.verify(ably_jwt("appid.nobody:" + SECRET), keys)
+
+
+# -- the verified-token cache ------------------------------------------------------------------
+
+
+def test_a_remembered_token_still_gets_every_check(
+    service: TokenService, keys: StaticKeyStore, clock: FakeClock
+) -> None:
+    cap = Capability({"chat:*": ["publish", "subscribe"]})
+    token = mint(service, clock, capability=cap, client_id="alice")
+    first = service.verify(token, keys)
+    assert service.verify(token, keys) == first
+    narrowed = keystore(ApiKey(KEY_NAME, SECRET, Capability({"chat:*": ["subscribe"]})))
+    assert service.verify(token, narrowed).capability == Capability({"chat:*": ["subscribe"]})
+    assert service.verify(token, keys).capability == cap  # widened again
+    refused(service, keystore(ApiKey("appid.other", OTHER_SECRET)), token, 40101)
+    refused(service, keystore(ApiKey(KEY_NAME, SECRET, status="revoked")), token, 40141)
+    refused(service, keystore(ApiKey(KEY_NAME, SECRET, expires_at_ms=clock())), token, 40132)
+    with pytest.raises(TokenRevoked):
+        service.verify(token, keys, revoked=lambda identity: identity.client_id == "alice")
+    assert service.verify(token, keys, revoked=lambda identity: False) == first
+    clock.advance(60_000 + 5_000)
+    refused(service, keys, token, 40142)
+
+
+def test_the_cache_holds_digests_not_tokens(
+    service: TokenService, keys: StaticKeyStore, clock: FakeClock
+) -> None:
+    tokens = [mint(service, clock, client_id=f"user-{i}") for i in range(3)]
+    for token in tokens:
+        service.verify(token, keys)
+    cache = service._verified
+    assert len(cache) == 3
+    assert all(isinstance(k, bytes) and len(k) == 32 for k in cache)
+    text = repr(cache)
+    for token in tokens:
+        assert token not in text
+        assert token.split(".")[2] not in text  # not even the signature
+    assert SIGNING_SECRET not in text
+
+
+def test_the_cache_is_bounded(keys: StaticKeyStore, clock: FakeClock) -> None:
+    service = TokenService(secret=SIGNING_SECRET, now_ms=clock)
+    service._verified_size = 5
+    tokens = [mint(service, clock, client_id=f"user-{i}") for i in range(12)]
+    for token in tokens:
+        service.verify(token, keys)
+        assert len(service._verified) <= 5
+    for token in tokens:  # evicted or not, every token still verifies
+        assert service.verify(token, keys).key_name == KEY_NAME
+
+
+def test_the_cache_belongs_to_one_service(keys: StaticKeyStore, clock: FakeClock) -> None:
+    """A token one service verified is not trusted by another with another secret."""
+    first = TokenService(secret=SIGNING_SECRET, now_ms=clock)
+    token = mint(first, clock)
+    first.verify(token, keys)
+    second = TokenService(
+        secret="another-signing-secret-0123456789abcdef", key_id=first.key_id, now_ms=clock
+    )
+    refused(second, keys, token)
+
+
+def test_ably_jwts_are_not_remembered(service: TokenService, clock: FakeClock) -> None:
+    """An Ably JWT depends on its key's secret, which can change: verified every time."""
+    token = ably_jwt()
+    assert service.verify(token, keystore()).kind == "ably-jwt"
+    assert service._verified == {}
+    rotated = keystore(ApiKey(KEY_NAME, "rotated-secret-0123456789abcdef0123456789"))
+    refused(service, rotated, token)
