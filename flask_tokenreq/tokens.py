@@ -46,9 +46,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 
+from . import settings
 from .capability import Capability, InvalidCapability
 from .clock import Clock, now_ms
-from .config import get_int, get_str, get_str_list
 from .errors import (
     ConfigError,
     InvalidCredentials,
@@ -63,13 +63,13 @@ from .keys import ApiKey, KeyStore
 ALGORITHMS = ("HS256", "EdDSA", "ES256")
 #: The ``typ`` header of the provider's tokens (RFC 9068).
 TOKEN_TYPE = "at+jwt"
-#: The default ``iss`` claim (``TOKENREQ_TOKEN_ISSUER``).
-DEFAULT_ISSUER = "flask-tokenreq"
 #: Shortest HS256 signing secret accepted, in bytes (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
-DEFAULT_LEEWAY_S = 5
-DEFAULT_MAX_TOKEN_BYTES = 8192
-DEFAULT_MAX_TTL_MS = 86_400_000
+#: Defaults of the constructor: the registry's (:mod:`flask_tokenreq.settings`).
+DEFAULT_ISSUER: str = settings.SETTINGS["TOKENREQ_TOKEN_ISSUER"].default
+DEFAULT_LEEWAY_S: int = settings.SETTINGS["TOKENREQ_LEEWAY"].default
+DEFAULT_MAX_TOKEN_BYTES: int = settings.SETTINGS["TOKENREQ_MAX_TOKEN_BYTES"].default
+DEFAULT_MAX_TTL_MS: int = settings.SETTINGS["TOKENREQ_MAX_TTL"].default
 
 TokenKind = Literal["token", "ably-jwt", "basic"]
 
@@ -278,13 +278,6 @@ def _check_key(key: ApiKey, now: int) -> None:
         raise TokenRevoked(
             f"Token revoked: the key {key.key_name!r} that issued it has been revoked"
         ) from None
-
-
-def _verifying_secrets(key: ApiKey, now: int) -> tuple[bytes, ...]:
-    """The secrets an Ably JWT of ``key`` may be signed with, newest first."""
-    # TODO: ApiKey.verifying_secrets(now_ms) (the lead's keys/base.py) once it
-    # lands on main: the current secret and those still in their rotation grace.
-    return tuple(secret.encode("utf-8") for secret in (key.secret,))
 
 
 # -- signing keys ----------------------------------------------------------------------
@@ -510,31 +503,25 @@ class TokenService:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, now_ms: Clock = now_ms) -> TokenService:
         """Build from ``TOKENREQ_*`` settings; raises :class:`ConfigError` naming the setting."""
-        secret = get_str(config, "TOKENREQ_SIGNING_SECRET")
-        private_key = get_str(config, "TOKENREQ_SIGNING_KEY")
-        algorithm = get_str(config, "TOKENREQ_TOKEN_ALGORITHM")
+        secret = settings.read(config, "TOKENREQ_SIGNING_SECRET")
+        private_key = settings.read(config, "TOKENREQ_SIGNING_KEY")
+        algorithm = settings.read(config, "TOKENREQ_TOKEN_ALGORITHM")
         if algorithm is None:
             algorithm = "HS256"
             if private_key and not secret:
                 key = _load_key(private_key, "TOKENREQ_SIGNING_KEY")
                 algorithm = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "EdDSA"
-        leeway = get_int(config, "TOKENREQ_LEEWAY", DEFAULT_LEEWAY_S, minimum=0)
-        max_bytes = get_int(
-            config, "TOKENREQ_MAX_TOKEN_BYTES", DEFAULT_MAX_TOKEN_BYTES, minimum=256
-        )
-        max_ttl = get_int(config, "TOKENREQ_MAX_TTL", DEFAULT_MAX_TTL_MS, minimum=1)
-        issuer = get_str(config, "TOKENREQ_TOKEN_ISSUER", DEFAULT_ISSUER) or DEFAULT_ISSUER
         return cls(
             algorithm=algorithm,
             secret=secret,
             private_key=private_key,
-            secret_fallbacks=get_str_list(config, "TOKENREQ_SIGNING_SECRET_FALLBACKS"),
-            key_fallbacks=get_str_list(config, "TOKENREQ_SIGNING_KEY_FALLBACKS"),
-            issuer=issuer,
-            key_id=get_str(config, "TOKENREQ_SIGNING_KEY_ID"),
-            leeway_s=leeway,
-            max_token_bytes=max_bytes,
-            max_ttl_ms=max_ttl,
+            secret_fallbacks=settings.read(config, "TOKENREQ_SIGNING_SECRET_FALLBACKS"),
+            key_fallbacks=settings.read(config, "TOKENREQ_SIGNING_KEY_FALLBACKS"),
+            issuer=settings.read(config, "TOKENREQ_TOKEN_ISSUER"),
+            key_id=settings.read(config, "TOKENREQ_SIGNING_KEY_ID"),
+            leeway_s=settings.read(config, "TOKENREQ_LEEWAY"),
+            max_token_bytes=settings.read(config, "TOKENREQ_MAX_TOKEN_BYTES"),
+            max_ttl_ms=settings.read(config, "TOKENREQ_MAX_TTL"),
             now_ms=now_ms,
         )
 
@@ -732,7 +719,9 @@ class TokenService:
         key = keys.get(key_name)
         if key is None:
             raise InvalidCredentials(f"Ably JWT key {key_name!r} is not known")
-        _check_signature(signing_input, signature_seg, "HS256", _verifying_secrets(key, now))
+        # The key's current secret and those still in their rotation grace, newest first.
+        secrets_now = [secret.encode("utf-8") for secret in key.verifying_secrets(now)]
+        _check_signature(signing_input, signature_seg, "HS256", secrets_now)
         cap_text = _required_string(payload, "x-ably-capability")
         client_id = _string(payload, "x-ably-clientId")
         jti = payload.get("jti")

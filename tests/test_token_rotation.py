@@ -28,6 +28,7 @@ from werkzeug.test import TestResponse
 from flask_tokenreq import Capability
 from flask_tokenreq.errors import ConfigError, TokenReqError
 from flask_tokenreq.keys import ApiKey, StaticKeyStore
+from flask_tokenreq.keys.base import GraceSecret
 from flask_tokenreq.nonces import MemoryNonceStore
 from flask_tokenreq.provider import TokenProvider
 from flask_tokenreq.tokens import Identity, TokenService
@@ -538,3 +539,23 @@ def test_tokens_of_a_revoked_key_are_40141_of_an_expired_key_40132(clock: FakeCl
     basic = base64.b64encode(KEY.encode()).decode()
     response = revoked.test_client().get("/whoami", headers={"Authorization": f"Basic {basic}"})
     assert_error(response, 401, 40131)
+
+
+# -- Ably JWTs of a rotated API key ---------------------------------------------------------------
+
+
+def test_ably_jwt_signed_with_a_secret_in_its_rotation_grace(clock: FakeClock) -> None:
+    """An API key's previous secret verifies Ably JWTs until its grace ends, as for MACs."""
+    service = TokenService(secret=SECRET_B, now_ms=clock)
+    t = clock() // 1000
+    body = {"iat": t, "exp": t + 3600, "x-ably-capability": '{"*":["*"]}'}
+    old = jwt.encode(body, SECRET, algorithm="HS256", headers={"kid": KEY_NAME})
+    new = jwt.encode(body, SECRET_A, algorithm="HS256", headers={"kid": KEY_NAME})
+    rotated = StaticKeyStore(
+        [ApiKey(KEY_NAME, SECRET_A, previous_secrets=(GraceSecret(SECRET, clock() + 60_000),))]
+    )
+    assert service.verify(new, rotated).kind == "ably-jwt"
+    assert service.verify(old, rotated).kind == "ably-jwt"
+    clock.advance(60_001)
+    refused(service, old, 40144, keys=rotated)
+    assert service.verify(new, rotated).kind == "ably-jwt"
