@@ -12,11 +12,12 @@ The operation ``*`` stands for every operation.
 
 from __future__ import annotations
 
-import functools
+import codecs
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from json.encoder import encode_basestring as _json_string
+from types import MappingProxyType
 from typing import Any
 
 from .errors import BadRequest
@@ -42,9 +43,21 @@ OPERATIONS = frozenset(
     }
 )
 
-_ARRAY_INDEX = re.compile(r"0|[1-9][0-9]*")
 _MAX_ARRAY_INDEX = 2**32 - 2
-_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+#: A JSON string literal, and a bracket (see :func:`_nests_deeper`). The closing
+#: quote is optional: an unterminated string runs to the end of the text once,
+#: instead of being tried again from every later quote (quadratic time).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_BRACKET = re.compile(r"[][{}]")
+
+#: Deepest nesting of capability JSON text: an object of lists is 2 deep.
+MAX_CAPABILITY_DEPTH = 2
+#: Longest capability JSON text parsed, in characters (64 KiB).
+MAX_CAPABILITY_LENGTH = 65_536
+
+#: The default of ``Capability()``: nothing granted.
+_NO_GRANTS: Mapping[str, Sequence[str]] = MappingProxyType({})
 
 
 class InvalidCapability(BadRequest):
@@ -55,65 +68,105 @@ class InvalidCapability(BadRequest):
 
 def _utf16_key(text: str) -> bytes:
     """Sort key giving JavaScript's default order (UTF-16 code units)."""
-    return text.encode("utf-16-be", "surrogatepass")
+    return codecs.utf_16_be_encode(text, "surrogatepass")[0]
 
 
-def _js_string(text: str) -> str:
-    """``JSON.stringify`` of one string: non-ASCII as is, lone surrogates escaped."""
-    # Join surrogate pairs a Python str may hold as two code points, as JS sees them.
-    text = text.encode("utf-16-be", "surrogatepass").decode("utf-16-be", "surrogatepass")
-    out = json.dumps(text, ensure_ascii=False)
-    if _LONE_SURROGATE.search(out):
-        out = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
-    return out
+def _js_surrogates(text: str) -> str:
+    """Write surrogates in JSON ``text`` as ``JSON.stringify`` does.
+
+    A pair (which a Python str may hold as two code points) is one character
+    to JavaScript, written as is; a lone surrogate is escaped as ``\\udxxx``.
+    """
+    if _SURROGATE.search(text) is None:
+        return text
+    joined = codecs.utf_16_be_decode(_utf16_key(text), "surrogatepass", True)[0]
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", joined)
 
 
 def _is_array_index(key: str) -> bool:
-    return _ARRAY_INDEX.fullmatch(key) is not None and int(key) <= _MAX_ARRAY_INDEX
+    """Whether JavaScript treats ``key`` as an array index ("0", "17", not "01")."""
+    return (
+        key.isascii()
+        and key.isdigit()
+        and (key == "0" or key[0] != "0")
+        and int(key) <= _MAX_ARRAY_INDEX
+    )
 
 
-def _js_key_order(keys: Iterable[str]) -> list[str]:
-    """Keys in the order ``JSON.stringify`` writes a sorted object.
+def _js_key_order(key: str) -> tuple[int, int, bytes]:
+    """Sort key for the order in which ``JSON.stringify`` writes a sorted object.
 
-    ably-js sorts the keys, but a JavaScript object always lists its
-    array-index keys ("0", "17", ...) first in numeric order.
+    ably-js sorts the keys (UTF-16 order), but a JavaScript object always
+    lists its array-index keys ("0", "17", ...) first, in numeric order.
     """
-    ordered = sorted(keys, key=_utf16_key)
-    indexes = sorted((k for k in ordered if _is_array_index(k)), key=int)
-    return indexes + [k for k in ordered if not _is_array_index(k)]
+    if _is_array_index(key):
+        return (0, int(key), b"")
+    return (1, 0, _utf16_key(key))
 
 
-def _check_structure(value: Any) -> dict[str, list[str]]:
+def _shown(resource: str) -> str:
+    """``resource`` for an error message: quoted, cut to 60 characters."""
+    return repr(resource if len(resource) <= 60 else resource[:57] + "...")
+
+
+def _check_structure(value: object) -> dict[str, tuple[str, ...]]:
+    """The grants in ``value``, checked: resource name -> operation names."""
     if not isinstance(value, Mapping):
         raise InvalidCapability(
             "capability must be a JSON object mapping resource names to lists of operations"
         )
-    result: dict[str, list[str]] = {}
+    grants: dict[str, tuple[str, ...]] = {}
     for resource, ops in value.items():
         if not isinstance(resource, str):
             raise InvalidCapability("capability resource names must be strings")
-        if isinstance(ops, (str, bytes)) or not isinstance(ops, (list, tuple)):
+        if not isinstance(ops, (list, tuple)):
             raise InvalidCapability(
-                f'capability for {resource!r} must be a list of operations, e.g. ["subscribe"]'
+                f"capability for {_shown(resource)} must be a list of operations, "
+                'e.g. ["subscribe"]'
             )
         for op in ops:
             if not isinstance(op, str) or not op:
                 raise InvalidCapability(
-                    f"capability for {resource!r} must list operations as non-empty strings"
+                    f"capability for {_shown(resource)} must list operations as non-empty strings"
                 )
-        result[resource] = list(ops)
-    return result
+        grants[resource] = tuple(ops)
+    return grants
 
 
-def _load(value: str | Mapping[str, Any] | Capability) -> dict[str, list[str]]:
-    if isinstance(value, Capability):
-        return {r: list(ops) for r, ops in value._grants.items()}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise InvalidCapability("capability is not valid JSON") from None
-    return _check_structure(value)
+def _decode(text: str) -> Any:
+    """Parse capability JSON text; refuses text too long or nested too deeply first.
+
+    ``json.loads`` recurses once per level of nesting, so text nested
+    thousands deep would raise ``RecursionError`` (a 500) before the shape
+    could be checked. A capability nests exactly two deep (an object of
+    lists), so anything deeper is refused without being parsed.
+    """
+    if len(text) > MAX_CAPABILITY_LENGTH:
+        raise InvalidCapability(
+            f"capability is too long: at most {MAX_CAPABILITY_LENGTH} characters of JSON"
+        )
+    if _nests_deeper(text, MAX_CAPABILITY_DEPTH):
+        raise InvalidCapability(
+            "capability is nested too deeply: it must be an object of lists of operation "
+            'names, e.g. {"chat:*": ["subscribe"]}'
+        )
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidCapability("capability is not valid JSON") from None
+
+
+def _nests_deeper(text: str, limit: int) -> bool:
+    """Whether the brackets of JSON ``text`` (outside strings) nest deeper than ``limit``."""
+    depth = 0
+    for bracket in _BRACKET.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def canonical_capability(value: str | Mapping[str, Any] | Capability) -> str:
@@ -122,101 +175,18 @@ def canonical_capability(value: str | Mapping[str, Any] | Capability) -> str:
     Keys and each operation list sorted by UTF-16 code units, duplicates kept,
     compact separators, non-ASCII as is. Byte-identical to ably-js.
     """
-    # Fast paths (results identical to the general one below): JSON text and
-    # plain dicts of lists of str are looked up in small caches, since signers
-    # pass the same capabilities again and again.
-    if type(value) is str:
-        if len(value) <= _CACHE_MAX_TEXT:
-            return _canonical_text(value)
-    elif type(value) is dict:
-        last = _last_plain
-        if last is not None and value == last[0]:
-            return last[1]
-        items = _plain_items(value)
-        if items is not None:
-            text = _canonical_items(items)
-            _remember_plain(items, text)
-            return text
-    elif isinstance(value, Capability):
-        return value.canonical  # computed once per object
-    return _canonical_grants(_load(value))
-
-
-#: Longest capability text kept in the cache (longer ones are canonicalised each time).
-_CACHE_MAX_TEXT = 2048
-_CACHE_MAX_ITEMS = 32
-
-
-def _plain_items(value: dict[Any, Any]) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
-    """``value`` as a hashable cache key when every name and operation is exactly a
-    ``str`` and every operation list a list or tuple; else ``None`` (general path)."""
-    if len(value) > _CACHE_MAX_ITEMS:
-        return None
-    items = []
-    for resource, ops in value.items():
-        kind = type(ops)
-        if type(resource) is not str or (kind is not list and kind is not tuple):
-            return None
-        if len(ops) > _CACHE_MAX_ITEMS:
-            return None
-        for op in ops:
-            if type(op) is not str:
-                return None
-        items.append((resource, tuple(ops)))
-    return tuple(items)
-
-
-#: The last plain dict canonicalised (a copy) and its text: the common case of
-#: one capability signed again and again costs one dict comparison.
-_last_plain: tuple[dict[str, list[str]], str] | None = None
-
-
-def _remember_plain(items: tuple[tuple[str, tuple[str, ...]], ...], text: str) -> None:
-    global _last_plain
-    _last_plain = ({resource: list(ops) for resource, ops in items}, text)
-
-
-@functools.lru_cache(maxsize=256)
-def _canonical_text(text: str) -> str:
-    return _canonical_grants(_load(text))
-
-
-@functools.lru_cache(maxsize=256)
-def _canonical_items(items: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
-    return _canonical_grants(_check_structure(dict(items)))
+    return Capability.parse(value).canonical
 
 
 def _canonical_grants(grants: Mapping[str, Iterable[str]]) -> str:
     """Canonical text of already validated grants."""
-    if all(r.isascii() and all(op.isascii() for op in ops) for r, ops in grants.items()):
-        # ASCII only: code-point order is UTF-16 order, and there are no
-        # surrogates to escape, so the C JSON string encoder gives the same text.
-        parts = [
-            _json_string(resource) + ":[" + ",".join(map(_json_string, sorted(ops))) + "]"
-            for resource, ops in _js_key_order_ascii(grants)
-        ]
-        return "{" + ",".join(parts) + "}"
-    parts = [
-        _js_string(resource)
-        + ":["
-        + ",".join(_js_string(op) for op in sorted(grants[resource], key=_utf16_key))
-        + "]"
-        for resource in _js_key_order(grants)
-    ]
-    return "{" + ",".join(parts) + "}"
-
-
-def _js_key_order_ascii(
-    grants: Mapping[str, Iterable[str]],
-) -> list[tuple[str, Iterable[str]]]:
-    """:func:`_js_key_order` for ASCII keys, with their values."""
-    ordered = sorted(grants.items())
-    if not any(r[:1].isdigit() and _is_array_index(r) for r, _ in ordered):
-        return ordered
-    indexes = sorted(
-        (item for item in ordered if _is_array_index(item[0])), key=lambda i: int(i[0])
-    )
-    return indexes + [item for item in ordered if not _is_array_index(item[0])]
+    # _json_string is json's own string writer (json.dumps with ensure_ascii=False):
+    # JSON.stringify's escapes, except for surrogates (see _js_surrogates).
+    parts = []
+    for resource in sorted(grants, key=_js_key_order):
+        ops = ",".join(map(_json_string, sorted(grants[resource], key=_utf16_key)))
+        parts.append(f"{_json_string(resource)}:[{ops}]")
+    return _js_surrogates("{" + ",".join(parts) + "}")
 
 
 def _split_qualifier(pattern: str) -> tuple[str | None, str]:
@@ -248,9 +218,8 @@ class Capability:
     _grants: dict[str, tuple[str, ...]]
     _canonical: str | None
 
-    def __init__(self, grants: Mapping[str, Iterable[str]] | None = None) -> None:
-        checked = _check_structure({r: list(ops) for r, ops in (grants or {}).items()})
-        object.__setattr__(self, "_grants", {r: tuple(ops) for r, ops in checked.items()})
+    def __init__(self, grants: Mapping[str, Sequence[str]] = _NO_GRANTS) -> None:
+        object.__setattr__(self, "_grants", _check_structure(grants))
         object.__setattr__(self, "_canonical", None)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -258,27 +227,18 @@ class Capability:
 
     @classmethod
     def parse(cls, value: str | Mapping[str, Any] | Capability | None) -> Capability:
-        """Parse JSON text or a mapping; raises :class:`InvalidCapability`."""
+        """Parse JSON text or a mapping; raises :class:`InvalidCapability`.
+
+        JSON text longer than :data:`MAX_CAPABILITY_LENGTH` or nested deeper
+        than :data:`MAX_CAPABILITY_DEPTH` is refused before it is parsed.
+        """
         if value is None:
             return cls()
         if isinstance(value, Capability):
             return value
-        if cls is Capability:
-            # Capabilities are immutable: equal inputs may share one parsed object
-            # (and its cached canonical text). Same results as the line below.
-            if type(value) is str:
-                if len(value) <= _CACHE_MAX_TEXT:
-                    return _parse_text(value)
-            elif type(value) is dict:
-                last = _last_parsed
-                if last is not None and list(value.items()) == last[0]:
-                    return last[1]
-                items = _plain_items(value)
-                if items is not None:
-                    parsed = Capability(_check_structure(value))
-                    _remember_parsed(items, parsed)
-                    return parsed
-        return cls(_load(value))
+        if isinstance(value, str):
+            return cls(_decode(value))
+        return cls(value)
 
     @classmethod
     def all(cls) -> Capability:
@@ -354,17 +314,3 @@ class Capability:
 
 def _normal(cap: Capability) -> dict[str, frozenset[str]]:
     return {r: frozenset(ops) for r, ops in cap._grants.items() if ops}
-
-
-#: The last plain dict parsed (its items, copied) and the result; see Capability.parse.
-_last_parsed: tuple[list[tuple[str, list[str]]], Capability] | None = None
-
-
-def _remember_parsed(items: tuple[tuple[str, tuple[str, ...]], ...], parsed: Capability) -> None:
-    global _last_parsed
-    _last_parsed = ([(resource, list(ops)) for resource, ops in items], parsed)
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_text(text: str) -> Capability:
-    return Capability(_load(text))

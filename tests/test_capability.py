@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flask_tokenreq import Capability, InvalidCapability, canonical_capability
+from flask_tokenreq.capability import MAX_CAPABILITY_LENGTH
 
 
 def test_canonical_sorts_keys_and_operations_keeps_duplicates() -> None:
@@ -169,3 +170,106 @@ def test_capability_is_immutable_and_hashable() -> None:
         cap.x = 1  # type: ignore[attr-defined]
     assert hash(cap) == hash(Capability.parse('{"a":["publish"]}'))
     assert Capability.all().allows("publish", "[meta]anything")
+
+
+def test_surrogate_pair_held_as_two_code_points_is_one_character() -> None:
+    # JavaScript sees one character either way; so must the canonical text.
+    assert canonical_capability({"\ud83d\ude00": ["a"]}) == canonical_capability({"😀": ["a"]})
+    assert canonical_capability({"\ud83dx": ["a"]}) == '{"\\ud83dx":["a"]}'
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = '{"[[[[{{": ["{{{[[["], "q\\"[[[": ["]]]"], "\\\\": ["x"]}'
+    assert Capability.parse(text).to_dict() == {
+        "[[[[{{": ["{{{[[["],
+        'q"[[[': ["]]]"],
+        "\\": ["x"],
+    }
+
+
+def _nested(depth: int) -> list[str]:
+    """Capability-ish JSON texts nesting ``depth`` levels, closed and unclosed."""
+    return [
+        "[" * depth + "]" * depth,
+        '{"a":' * depth + '["publish"]' + "}" * depth,
+        '{"a":' + "[" * depth + "]" * depth + "}",
+        "[" * depth,
+    ]
+
+
+@pytest.mark.parametrize("depth", [3, 2_000, 30_000, 100_000])
+def test_deep_nesting_is_invalid_capability_not_recursion_error(depth: int) -> None:
+    # json.loads would raise RecursionError (a 500) around 1,000 levels.
+    for text in _nested(depth):
+        for parse in (Capability.parse, canonical_capability):
+            with pytest.raises(InvalidCapability) as info:
+                parse(text)
+            assert info.value.status == 400
+            assert info.value.code == 40000
+            if len(text) <= MAX_CAPABILITY_LENGTH:
+                assert "nested too deeply" in info.value.message
+            else:
+                assert f"at most {MAX_CAPABILITY_LENGTH} characters" in info.value.message
+
+
+def test_length_limit_is_exact() -> None:
+    def text_of(length: int) -> str:
+        return '{"' + "a" * (length - len('{"":["x"]}')) + '":["x"]}'
+
+    assert len(text_of(MAX_CAPABILITY_LENGTH)) == MAX_CAPABILITY_LENGTH
+    assert Capability.parse(text_of(MAX_CAPABILITY_LENGTH)).allows(
+        "x", "a" * (MAX_CAPABILITY_LENGTH - 10)
+    )
+    with pytest.raises(InvalidCapability, match="too long"):
+        Capability.parse(text_of(MAX_CAPABILITY_LENGTH + 1))
+
+
+def test_not_quadratic_on_unterminated_strings() -> None:
+    # Every quote starts a string that never ends; each is scanned once.
+    for text in ['"' + '\\"' * 32_000, '{"a":["' + '\\"[' * 20_000]:
+        with pytest.raises(InvalidCapability):
+            Capability.parse(text)
+
+
+def test_operations_must_be_a_list_not_a_string() -> None:
+    # A string is iterable, but "publish" is not ["p", "u", ...].
+    with pytest.raises(InvalidCapability, match="list of operations"):
+        Capability({"a": "publish"})  # type: ignore[dict-item]
+    with pytest.raises(InvalidCapability, match="list of operations"):
+        Capability.parse({"a": {"publish": True}})
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+def _parse_or_400(value: object) -> Capability | None:
+    """``Capability.parse(value)``, or None when it raised InvalidCapability (400)."""
+    try:
+        return Capability.parse(value)  # type: ignore[arg-type]
+    except InvalidCapability as exc:
+        status = exc.status
+    assert status == 400
+    return None
+
+
+@given(json_values)
+def test_any_json_value_is_a_capability_or_invalid_capability(value: object) -> None:
+    for candidate in (value, json.dumps(value)):
+        cap = _parse_or_400(candidate)
+        if cap is not None:
+            assert Capability.parse(cap.canonical) == cap
+
+
+@given(st.text())
+def test_any_text_is_a_capability_or_invalid_capability(text: str) -> None:
+    _parse_or_400(text)
