@@ -9,14 +9,9 @@ verifier checks the MAC over the strings as received, never re-serialising.
 from __future__ import annotations
 
 import base64
-import binascii
-import functools
-import hashlib
 import hmac
 import json
-import os
 import secrets
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +26,10 @@ FIELDS = ("keyName", "ttl", "capability", "clientId", "timestamp", "nonce", "mac
 MIN_NONCE_LENGTH = 16
 #: Random bytes in a nonce the signer makes (144 bits, 24 characters).
 NONCE_BYTES = 18
+#: Largest timestamp or ttl accepted: a signed 64-bit integer (what msgpack,
+#: SQL ``BIGINT`` and Redis carry), far above any real time in milliseconds.
+MAX_INTEGER = 2**63 - 1
+_REQUIRED = ("keyName", "timestamp", "nonce", "mac")
 _FIELD_SET = frozenset(FIELDS)
 
 
@@ -40,15 +39,23 @@ class InvalidTokenRequest(InvalidBody):
     default_message = "Invalid TokenRequest"
 
 
-def _check_str(name: str, value: object, *, required: bool = True) -> None:
-    if not isinstance(value, str):
+# Field types are exact (``type(v) is str``, not ``isinstance``): the MAC covers
+# the text, and a subclass can format differently from what goes on the wire (a
+# str- or int-based enum does) or override the checks below; bool is not an int.
+
+
+def _check_str(name: str, value: object) -> None:
+    if type(value) is not str:
         raise InvalidTokenRequest(f"TokenRequest {name} must be a string")
-    if required and not value:
+    if not value:
         raise InvalidTokenRequest(f"TokenRequest {name} must not be empty")
     if "\n" in value or "\r" in value:
         raise InvalidTokenRequest(f"TokenRequest {name} must not contain a line break")
-    if value.isascii():  # ASCII always encodes: skip the copy below
-        return
+    _check_unicode(name, value)
+
+
+def _check_unicode(name: str, value: str) -> None:
+    """Refuse lone surrogates: JSON can carry them, UTF-8 cannot (so no MAC covers them)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -56,67 +63,40 @@ def _check_str(name: str, value: object, *, required: bool = True) -> None:
 
 
 def _check_int(name: str, value: object) -> None:
-    # bool is an int subclass: True must not pass as 1.
-    if not isinstance(value, int) or isinstance(value, bool):
+    if type(value) is not int:
         raise InvalidTokenRequest(f"TokenRequest {name} must be an integer (milliseconds)")
 
 
-def _validate(
-    key_name: object,
-    timestamp: object,
-    nonce: object,
-    mac: object,
-    ttl: object,
-    capability: object,
-    client_id: object,
-) -> None:
-    """The checks every TokenRequest passes, in this order (see ``__post_init__``)."""
-    # The common case first, cheaply: plain ASCII strings without line breaks
-    # and positive ints pass every check below.
-    if (
-        type(key_name) is str
-        and type(nonce) is str
-        and type(mac) is str
-        and type(timestamp) is int
-        and timestamp >= 0
-        and (ttl is None or (type(ttl) is int and ttl > 0))
-        and (capability is None or (type(capability) is str and capability.isascii()))
-        and (client_id is None or (type(client_id) is str and client_id != ""))
-        and key_name != ""
-        and nonce != ""
-        and mac != ""
-    ):
-        text = key_name + nonce + mac + (client_id or "")
-        if text.isascii() and "\n" not in text and "\r" not in text:
-            return
-    _check_str("keyName", key_name)
-    _check_int("timestamp", timestamp)
-    if timestamp < 0:  # type: ignore[operator]
-        raise InvalidTokenRequest("TokenRequest timestamp must not be negative")
-    _check_str("nonce", nonce)
-    _check_str("mac", mac)
-    if ttl is not None:
-        _check_int("ttl", ttl)
-        if ttl <= 0:  # type: ignore[operator]
+def _validate(request: TokenRequest) -> None:
+    """Every check a TokenRequest passes, in this order. The only copy of them:
+    ``TokenRequest(...)`` runs it, and every TokenRequest is built that way."""
+    _check_str("keyName", request.key_name)
+    _check_int("timestamp", request.timestamp)
+    if not 0 <= request.timestamp <= MAX_INTEGER:
+        raise InvalidTokenRequest(
+            f"TokenRequest timestamp must be from 0 to {MAX_INTEGER} (ms since the epoch)"
+        )
+    _check_str("nonce", request.nonce)
+    _check_str("mac", request.mac)
+    if request.ttl is not None:
+        _check_int("ttl", request.ttl)
+        if not 0 < request.ttl <= MAX_INTEGER:
             raise InvalidParameter("TokenRequest ttl must be a positive number of milliseconds")
-    if capability is not None:
-        if not isinstance(capability, str):
+    if request.capability is not None:
+        if type(request.capability) is not str:
             raise InvalidTokenRequest(
                 "TokenRequest capability must be a string holding JSON, as it was signed"
             )
-        try:
-            capability.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidTokenRequest("TokenRequest capability is not valid Unicode text") from None
-    if client_id is not None:
-        if client_id == "":
+        _check_unicode("capability", request.capability)
+    if request.client_id is not None:
+        if request.client_id == "":
             raise InvalidClientId("clientId must not be an empty string; omit it instead")
-        _check_str("clientId", client_id)
+        _check_str("clientId", request.client_id)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TokenRequest:
-    """A signed Ably TokenRequest. Validated on construction."""
+    """A signed Ably TokenRequest. Validated on construction (see :func:`_validate`)."""
 
     key_name: str
     timestamp: int
@@ -127,60 +107,33 @@ class TokenRequest:
     client_id: str | None = None
 
     def __post_init__(self) -> None:
-        _validate(
-            self.key_name,
-            self.timestamp,
-            self.nonce,
-            self.mac,
-            self.ttl,
-            self.capability,
-            self.client_id,
-        )
+        _validate(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TokenRequest:
         """Build from the wire form. ``null`` counts as absent; unknown keys are refused."""
-        if type(data) is not dict and not isinstance(data, Mapping):  # dict: skip the ABC check
+        if not isinstance(data, Mapping):
             raise InvalidTokenRequest("TokenRequest must be a JSON object")
-        if type(data) is not dict or not data.keys() <= _FIELD_SET:
-            unknown = [k for k in data if k not in FIELDS]
-            if unknown:
-                names = ", ".join(sorted(repr(k) for k in unknown))
-                raise InvalidTokenRequest(
-                    f"TokenRequest has unknown field(s) {names}; expected only {', '.join(FIELDS)}"
-                )
-        get = data.get
-        key_name = get("keyName")
-        timestamp = get("timestamp")
-        nonce = get("nonce")
-        mac = get("mac")
-        if key_name is None or timestamp is None or nonce is None or mac is None:
-            missing = [k for k in ("keyName", "timestamp", "nonce", "mac") if data.get(k) is None]
-            raise InvalidTokenRequest(f"TokenRequest is missing {', '.join(missing)}")
-        ttl = get("ttl")
-        capability = get("capability")
-        client_id = get("clientId")
-        if cls is not TokenRequest:
-            return cls(
-                key_name=key_name,
-                timestamp=timestamp,
-                nonce=nonce,
-                mac=mac,
-                ttl=ttl,
-                capability=capability,
-                client_id=client_id,
+        unknown = data.keys() - _FIELD_SET
+        if unknown:
+            names = ", ".join(sorted(repr(key) for key in unknown))
+            raise InvalidTokenRequest(
+                f"TokenRequest has unknown field(s) {names}; expected only {', '.join(FIELDS)}"
             )
-        # What the dataclass __init__ does (the same checks), without its overhead.
-        _validate(key_name, timestamp, nonce, mac, ttl, capability, client_id)
-        request: TokenRequest = _new_object(cls)
-        _set_key_name(request, key_name)
-        _set_timestamp(request, timestamp)
-        _set_nonce(request, nonce)
-        _set_mac(request, mac)
-        _set_ttl(request, ttl)
-        _set_capability(request, capability)
-        _set_client_id(request, client_id)
-        return request
+        get = data.get
+        key_name, timestamp, nonce, mac = get("keyName"), get("timestamp"), get("nonce"), get("mac")
+        if key_name is None or timestamp is None or nonce is None or mac is None:
+            missing = [name for name in _REQUIRED if get(name) is None]
+            raise InvalidTokenRequest(f"TokenRequest is missing {', '.join(missing)}")
+        return cls(
+            key_name=key_name,
+            timestamp=timestamp,
+            nonce=nonce,
+            mac=mac,
+            ttl=get("ttl"),
+            capability=get("capability"),
+            client_id=get("clientId"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form: absent fields are omitted, never ``null``."""
@@ -202,12 +155,14 @@ class TokenRequest:
 
     @property
     def sign_text(self) -> str:
+        """The text the MAC covers."""
         return _sign_text(
             self.key_name, self.ttl, self.capability, self.client_id, self.timestamp, self.nonce
         )
 
     def capability_object(self) -> Capability | None:
-        """The parsed capability, or ``None`` when absent."""
+        """The parsed capability, or ``None`` when absent. Raises
+        :class:`~flask_tokenreq.capability.InvalidCapability` (400) for malformed text."""
         return None if self.capability is None else Capability.parse(self.capability)
 
 
@@ -227,48 +182,30 @@ def _sign_text(
 
 def compute_mac(text: str, secret: str) -> str:
     """``base64(HMAC-SHA256(utf8(secret), utf8(text)))`` with padding."""
-    return _mac_base64(text, secret).decode("ascii")
+    return _mac(text.encode("utf-8"), secret).decode("ascii")
 
 
-def _mac_base64(text: str, secret: str) -> bytes:
-    """:func:`compute_mac` as ASCII bytes."""
-    return _b2a_base64(_hmac_sha256(_hmac_pads(secret), text.encode()), newline=False)
+def _mac(message: bytes, secret: str) -> bytes:
+    """The MAC of ``message`` under ``secret``, as base64 (ASCII bytes)."""
+    return base64.b64encode(hmac.digest(secret.encode("utf-8"), message, "sha256"))
 
 
-_b2a_base64 = binascii.b2a_base64
-#: A keyed HMAC-SHA256 object, never updated itself: each MAC works on a copy.
-_Pads = hmac.HMAC
+def _make_pads(key: bytes) -> bytes:
+    """Compatibility for tokens.py only; delete when it calls :mod:`hmac` itself.
 
-
-def _make_pads(key: bytes) -> _Pads:
-    """HMAC-SHA256 keyed with ``key``, to be copied for each MAC.
-
-    Keying hashes the inner and outer key blocks (RFC 2104); they depend on
-    the key only, so :func:`_hmac_sha256` copies this object instead of keying
-    a new one per MAC (OpenSSL 3 makes ``hmac.new``/``hmac.digest`` set up a
-    fresh context on every call).
+    Returns ``key`` unchanged: nothing is precomputed or kept.
     """
-    return hmac.new(key, digestmod=hashlib.sha256)
+    return key
 
 
-def _hmac_sha256(pads: _Pads, message: bytes) -> bytes:
-    """HMAC-SHA256 of ``message`` under the key ``pads`` was made with."""
-    mac = pads.copy()
-    mac.update(message)
-    return mac.digest()
+def _hmac_key_pads(key: bytes) -> bytes:
+    """Compatibility for tokens.py only (see :func:`_make_pads`); no cache."""
+    return key
 
 
-@functools.lru_cache(maxsize=64)
-def _hmac_pads(secret: str) -> _Pads:
-    """:func:`_make_pads` of a key secret (UTF-8). The cache holds keyed HMAC
-    objects for at most 64 secrets, in this process only."""
-    return _make_pads(secret.encode("utf-8"))
-
-
-@functools.lru_cache(maxsize=64)
-def _hmac_key_pads(key: bytes) -> _Pads:
-    """:func:`_make_pads` of raw key bytes (cached like :func:`_hmac_pads`)."""
-    return _make_pads(key)
+def _hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """Compatibility for tokens.py only: ``hmac.digest(key, message, "sha256")``."""
+    return hmac.digest(key, message, "sha256")
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -287,53 +224,13 @@ def split_key(key: str) -> tuple[str, str]:
 
 def new_nonce() -> str:
     """A fresh nonce: 144 random bits from :mod:`secrets`, URL-safe base64."""
-    # The form of secrets.token_urlsafe(18) (18 bytes need no padding).
-    return base64.urlsafe_b64encode(random_bytes(NONCE_BYTES)).decode("ascii")
-
-
-#: Bytes drawn from secrets.token_bytes at a time by random_bytes().
-RANDOM_BLOCK_BYTES = 1024
-
-
-class _RandomBlocks:
-    """Random bytes from :func:`secrets.token_bytes`, drawn a block at a time.
-
-    Each byte is handed out once. Why: ``os.urandom`` releases the GIL, so in
-    a threaded server (gunicorn gthread) every call hands the interpreter to
-    another thread and waits to get it back (about 1 ms, and several times
-    the call's own CPU time). One call per block instead of one per token.
-    A forked child starts with an empty block (nothing drawn in the parent is
-    ever reused).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._block = b""
-        self._used = 0
-
-    def take(self, n: int) -> bytes:
-        with self._lock:
-            start = self._used
-            if start + n > len(self._block):
-                self._block = secrets.token_bytes(max(RANDOM_BLOCK_BYTES, n))
-                start = 0
-            self._used = start + n
-            return self._block[start : start + n]
-
-    def _reset(self) -> None:
-        self._lock = threading.Lock()
-        self._block = b""
-        self._used = 0
-
-
-_random_blocks = _RandomBlocks()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_random_blocks._reset)
+    return secrets.token_urlsafe(NONCE_BYTES)
 
 
 def random_bytes(n: int) -> bytes:
-    """``n`` bytes from :func:`secrets.token_bytes` (see :class:`_RandomBlocks`)."""
-    return _random_blocks.take(n)
+    """``secrets.token_bytes(n)``. Kept only while tokens.py and nonces.py import
+    it; they are to call :mod:`secrets` directly, then this goes."""
+    return secrets.token_bytes(n)
 
 
 def sign_token_request(
@@ -351,11 +248,10 @@ def sign_token_request(
     The result is byte-identical to ably-js ``createTokenRequest`` for the same
     inputs: ``capability`` (JSON text, mapping or :class:`Capability`) is put in
     canonical form. ``timestamp`` defaults to ``now()``, ``nonce`` to 144 random
-    bits. The secret never appears in the result.
+    bits. The secret never appears in the result. Invalid fields raise what
+    :meth:`TokenRequest.from_dict` raises for them.
     """
     key_name, secret = split_key(key)
-    if client_id == "":
-        raise InvalidClientId("clientId must not be an empty string; omit it instead")
     cap_text: str | None
     if capability is None:
         cap_text = None
@@ -365,44 +261,26 @@ def sign_token_request(
         cap_text = canonical_capability(capability)
     if timestamp is None:
         timestamp = now()
-    # The checks TokenRequest(...) makes, in the same order, minus those that
-    # cannot fail here: a nonce we made, the MAC, a canonical capability text.
-    _check_str("keyName", key_name)
-    _check_int("timestamp", timestamp)
-    if timestamp < 0:
-        raise InvalidTokenRequest("TokenRequest timestamp must not be negative")
     if nonce is None:
         nonce = new_nonce()
-    else:
-        _check_str("nonce", nonce)
-    if ttl is not None:
-        _check_int("ttl", ttl)
-        if ttl <= 0:
-            raise InvalidParameter("TokenRequest ttl must be a positive number of milliseconds")
-    if client_id is not None:
-        _check_str("clientId", client_id)
-    mac = compute_mac(_sign_text(key_name, ttl, cap_text, client_id, timestamp, nonce), secret)
-    # Built without running the same checks again: this is the signer's hot path.
-    request: TokenRequest = _new_object(TokenRequest)
-    _set_key_name(request, key_name)
-    _set_timestamp(request, timestamp)
-    _set_nonce(request, nonce)
-    _set_mac(request, mac)
-    _set_ttl(request, ttl)
-    _set_capability(request, cap_text)
-    _set_client_id(request, client_id)
-    return request
-
-
-_new_object = object.__new__
-# The slots' own setters (what a frozen dataclass's __init__ ends up calling).
-_set_key_name = TokenRequest.__dict__["key_name"].__set__
-_set_timestamp = TokenRequest.__dict__["timestamp"].__set__
-_set_nonce = TokenRequest.__dict__["nonce"].__set__
-_set_mac = TokenRequest.__dict__["mac"].__set__
-_set_ttl = TokenRequest.__dict__["ttl"].__set__
-_set_capability = TokenRequest.__dict__["capability"].__set__
-_set_client_id = TokenRequest.__dict__["client_id"].__set__
+    try:
+        text = _sign_text(key_name, ttl, cap_text, client_id, timestamp, nonce)
+    except ValueError:
+        # An int too long to write (Python refuses over 4,300 digits) is out of
+        # range, and TokenRequest(...) below says so (400); nothing is signed.
+        text = ""
+    # "surrogatepass": a lone surrogate in a field must reach TokenRequest(...)
+    # below, which refuses that field (400), not fail here as UnicodeEncodeError.
+    mac = _mac(text.encode("utf-8", "surrogatepass"), secret).decode("ascii")
+    return TokenRequest(
+        key_name=key_name,
+        timestamp=timestamp,
+        nonce=nonce,
+        mac=mac,
+        ttl=ttl,
+        capability=cap_text,
+        client_id=client_id,
+    )
 
 
 def _strip_key_name(secret: str, key_name: str) -> str:
@@ -425,14 +303,10 @@ def verify_mac(token_request: TokenRequest | Mapping[str, Any], secret: str) -> 
             return False
     if not isinstance(secret, str) or not secret:
         return False
-    tr = token_request
-    if ":" in secret:  # else it cannot start with "<keyName>:"
-        secret = _strip_key_name(secret, tr.key_name)
-    expected = _mac_base64(
-        _sign_text(tr.key_name, tr.ttl, tr.capability, tr.client_id, tr.timestamp, tr.nonce), secret
-    )
+    secret = _strip_key_name(secret, token_request.key_name)
+    expected = _mac(token_request.sign_text.encode("utf-8"), secret)
     try:
-        given = tr.mac.encode("ascii")
+        given = token_request.mac.encode("ascii")
     except UnicodeEncodeError:
         return False
     return hmac.compare_digest(expected, given)

@@ -4,22 +4,40 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from dataclasses import replace
+from enum import Enum
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flask_tokenreq import TokenRequest, sign_token_request, verify_mac
+from flask_tokenreq import (
+    InvalidCapability,
+    TokenProvider,
+    TokenRequest,
+    sign_token_request,
+    verify_mac,
+)
+from flask_tokenreq.clock import now_ms
 from flask_tokenreq.errors import (
     InvalidBody,
     InvalidClientId,
     InvalidCredentials,
     InvalidParameter,
+    TokenReqError,
 )
-from flask_tokenreq.tokenrequest import FIELDS, InvalidTokenRequest, check_mac, split_key
+from flask_tokenreq.tokenrequest import (
+    FIELDS,
+    InvalidTokenRequest,
+    check_mac,
+    compute_mac,
+    split_key,
+)
 
 from .conftest import KEY, KEY_NAME, SECRET
 
@@ -265,3 +283,144 @@ def test_booleans_are_not_integers(field: str, value: bool) -> None:
 def test_field_names_are_ably_names() -> None:
     assert FIELDS == ("keyName", "ttl", "capability", "clientId", "timestamp", "nonce", "mac")
     assert sign_token_request(KEY).key_name == KEY_NAME
+
+
+# -- hostile input ------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**30, -(10**30), 2**63, 2**63 - 1, -1, 0])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def _only_4xx(call: Any) -> Any:
+    """Run ``call``: its result, or None when it raised one of the package's 4xx errors."""
+    try:
+        return call()
+    except TokenReqError as exc:
+        status = exc.status
+    assert 400 <= status < 500
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_any_json_value_as_a_body_is_a_4xx_at_worst(body: Any) -> None:
+    _only_4xx(lambda: TokenRequest.from_dict(body))
+    assert verify_mac(body, SECRET) is False
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([*FIELDS, "extra"]), json_values)
+def test_any_json_value_in_any_field_is_a_4xx_at_worst(field: str, value: Any) -> None:
+    original = sign_token_request(
+        KEY, ttl=1000, capability={"a": ["publish"]}, client_id="c"
+    ).to_dict()
+    wire = {**original, field: value}
+    request = _only_4xx(lambda: TokenRequest.from_dict(wire))
+    if verify_mac(wire, SECRET) is not False:
+        assert request is not None
+        assert request.to_dict() == original
+    if request is not None:
+        _only_4xx(request.capability_object)
+        assert json.loads(request.to_json()) == request.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("timestamp", 10**5000, InvalidBody),  # str() of it would raise ValueError
+        ("timestamp", 2**63, InvalidBody),
+        ("timestamp", -1, InvalidBody),
+        ("ttl", 10**5000, InvalidParameter),
+        ("ttl", 2**63, InvalidParameter),
+    ],
+    ids=["timestamp-10**5000", "timestamp-2**63", "timestamp--1", "ttl-10**5000", "ttl-2**63"],
+)
+def test_integers_beyond_64_bits_are_refused(
+    field: str, value: int, error: type[Exception]
+) -> None:
+    wire = sign_token_request(KEY, ttl=1000).to_dict()
+    wire[field] = value
+    with pytest.raises(error):
+        TokenRequest.from_dict(wire)
+    assert not verify_mac(wire, SECRET)
+    with pytest.raises(error):
+        sign_token_request(KEY, **{field: value})  # type: ignore[arg-type]
+    wire[field] = 2**63 - 1
+    assert TokenRequest.from_dict(wire).to_dict()[field] == 2**63 - 1
+
+
+class _Role(str, Enum):
+    ADMIN = "admin"
+
+
+def test_str_and_int_subclasses_are_refused() -> None:
+    # The MAC covers the text; a subclass may format otherwise than the wire value.
+    with pytest.raises(InvalidBody):
+        sign_token_request(KEY, client_id=_Role.ADMIN)
+    with pytest.raises(InvalidBody):
+        sign_token_request(KEY, ttl=HTTPStatus.OK)
+
+
+@pytest.mark.parametrize("field", ["keyName", "nonce", "clientId", "capability"])
+def test_lone_surrogate_is_a_4xx_when_verifying_and_signing(field: str) -> None:
+    wire = sign_token_request(KEY, client_id="c").to_dict()
+    wire[field] = "\ud800" + "0123456789abcdef"
+    with pytest.raises(InvalidBody, match="not valid Unicode"):
+        TokenRequest.from_dict(wire)
+    assert verify_mac(wire, SECRET) is False
+    if field == "clientId":
+        with pytest.raises(InvalidBody, match="not valid Unicode"):
+            sign_token_request(KEY, client_id=wire[field])
+
+
+def _signed_with_capability_text(capability: str) -> dict[str, Any]:
+    """A wire TokenRequest with ``capability`` as given and a valid MAC."""
+    unsigned = TokenRequest(
+        key_name=KEY_NAME,
+        capability=capability,
+        timestamp=now_ms(),
+        nonce=secrets.token_urlsafe(18),
+        mac="unsigned",
+    )
+    return replace(unsigned, mac=compute_mac(unsigned.sign_text, SECRET)).to_dict()
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_deep_capability_with_a_valid_mac_is_invalid_capability(depth: int) -> None:
+    wire = _signed_with_capability_text('{"a":' * depth + '["publish"]' + "}" * depth)
+    assert verify_mac(wire, SECRET)
+    with pytest.raises(InvalidCapability) as info:
+        TokenRequest.from_dict(wire).capability_object()
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_provider_answers_400_to_a_deep_capability(tmp_path: Path, depth: int) -> None:
+    """Issue 8 §5: this was 500/50000 (RecursionError) at the exchange endpoint."""
+    app = Flask(__name__, instance_path=str(tmp_path))
+    app.config.update(
+        TESTING=True,
+        TOKENREQ_SIGNING_SECRET="deep-capability-signing-secret-0123456789abcdef",
+        TOKENREQ_PROVIDER_KEYS=[KEY],
+        TOKENREQ_NONCE_STORE="memory://",
+    )
+    TokenProvider(app)
+    wire = _signed_with_capability_text("[" * depth + "]" * depth)
+    response = app.test_client().post(f"/keys/{KEY_NAME}/requestToken", json=wire)
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    if depth == 2_000:
+        assert error["code"] == 40000
+        assert "capability is nested too deeply" in error["message"]
+    else:  # 200 KB: the provider's body limit answers first
+        assert error["code"] == 40001
