@@ -190,24 +190,6 @@ def _mac(message: bytes, secret: str) -> bytes:
     return base64.b64encode(hmac.digest(secret.encode("utf-8"), message, "sha256"))
 
 
-def _make_pads(key: bytes) -> bytes:
-    """Compatibility for tokens.py only; delete when it calls :mod:`hmac` itself.
-
-    Returns ``key`` unchanged: nothing is precomputed or kept.
-    """
-    return key
-
-
-def _hmac_key_pads(key: bytes) -> bytes:
-    """Compatibility for tokens.py only (see :func:`_make_pads`); no cache."""
-    return key
-
-
-def _hmac_sha256(key: bytes, message: bytes) -> bytes:
-    """Compatibility for tokens.py only: ``hmac.digest(key, message, "sha256")``."""
-    return hmac.digest(key, message, "sha256")
-
-
 def split_key(key: str) -> tuple[str, str]:
     """Split ``appId.keyId:secret`` into key name and secret.
 
@@ -228,8 +210,8 @@ def new_nonce() -> str:
 
 
 def random_bytes(n: int) -> bytes:
-    """``secrets.token_bytes(n)``. Kept only while tokens.py and nonces.py import
-    it; they are to call :mod:`secrets` directly, then this goes."""
+    """``secrets.token_bytes(n)``. Kept only while nonces.py imports it; it is
+    to call :mod:`secrets` directly, then this goes."""
     return secrets.token_bytes(n)
 
 
