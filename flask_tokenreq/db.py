@@ -1,0 +1,239 @@
+"""The SQL engine behind managed keys and the audit log (``TOKENREQ_DATABASE_URL``).
+
+One job: turn a URL (or an engine an app already has) into a SQLAlchemy
+engine set up the way the key store and the audit log need it, and turn every
+database failure into :class:`~flask_tokenreq.errors.StoreUnavailable` (503,
+code 50003: fail closed). Imported only by the modules that use SQL, so
+``import flask_tokenreq`` does not load SQLAlchemy.
+
+- SQLite: WAL (readers do not block the writer), a busy timeout, relative
+  paths placed in the app's instance folder, and explicit ``BEGIN`` /
+  ``BEGIN IMMEDIATE`` so a write transaction holds the write lock from its
+  first statement (pysqlite would start it late, after the reads).
+- PostgreSQL (``postgresql://`` means psycopg 3): a connect timeout, a
+  statement timeout, ``READ COMMITTED``.
+- Forked workers (gunicorn ``--preload``) drop inherited connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from .errors import ConfigError, StoreUnavailable
+
+__all__ = [
+    "SETTING",
+    "Database",
+    "describe",
+]
+
+logger = logging.getLogger("flask_tokenreq")
+
+#: The setting this engine is configured by; named in configuration errors.
+SETTING = "TOKENREQ_DATABASE_URL"
+#: File name of the default SQLite database inside the app's instance folder.
+DEFAULT_SQLITE_FILENAME = "tokenreq.sqlite3"
+#: Seconds to wait for a PostgreSQL connection before failing.
+CONNECT_TIMEOUT_S = 2
+#: Milliseconds a PostgreSQL statement (including lock waits) may take.
+STATEMENT_TIMEOUT_MS = 5000
+#: Milliseconds SQLite waits for another connection's write lock.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+#: Execution option marking a connection whose transaction will write.
+WRITE_OPTION = "tokenreq_write"
+
+_T = TypeVar("_T")
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs: the exception type and the driver's message (never parameters)."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else None
+    text = " ".join(str(cause if cause is not None else exc).split())
+    # SQLAlchemy appends the statement and "[parameters: ...]" to its messages.
+    text = text.split("[SQL:", 1)[0].split("[parameters:", 1)[0].strip()
+    return f"{type(exc).__name__}: {text}"
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection SQLite settings; transactions are begun by :func:`_sqlite_on_begin`."""
+    # Take transaction control away from pysqlite (it would BEGIN only before
+    # the first INSERT/UPDATE, after the reads of a read-modify-write).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL needs a lock another process may hold.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    """``BEGIN IMMEDIATE`` for writers (the write lock first, waited for), ``BEGIN`` for readers."""
+    if conn.get_execution_options().get(WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def _postgres_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection PostgreSQL settings: a statement (or lock wait) cannot hang."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
+
+
+def parse_url(url: str, instance_path: str | None, *, setting: str = SETTING) -> sa.URL:
+    """Parse a SQLAlchemy URL: ``postgres(ql)://`` means psycopg 3; relative SQLite
+    paths go into ``instance_path``. Raises :class:`ConfigError` naming ``setting``."""
+    try:
+        u = sa.make_url(url)
+    except Exception:
+        raise ConfigError(f"{setting}: cannot parse the database URL") from None
+    if u.drivername in ("postgres", "postgresql"):
+        u = u.set(drivername="postgresql+psycopg")
+    if u.get_backend_name() == "sqlite":
+        database = u.database or ""
+        if database in ("", ":memory:") or "mode=memory" in database:
+            raise ConfigError(
+                f"{setting}: an in-memory SQLite database is not shared between connections "
+                "or processes; use a file (sqlite:///path)"
+            )
+        if not database.startswith("file:") and not os.path.isabs(database) and instance_path:
+            database = os.path.join(instance_path, database)
+            # Failing here shows later as StoreUnavailable, when the file cannot be opened.
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(database), exist_ok=True)
+            u = u.set(database=database)
+    return u
+
+
+def _at_fork_in_child(obj: Database) -> None:
+    """Drop (without closing) connections a forked child inherited from its parent."""
+    if not hasattr(os, "register_at_fork"):  # pragma: no cover - not POSIX
+        return
+    ref = weakref.ref(obj)
+
+    def after_in_child() -> None:
+        target = ref()
+        if target is not None:
+            target.engine.dispose(close=False)
+
+    os.register_at_fork(after_in_child=after_in_child)
+
+
+class Database:
+    """A SQLAlchemy engine for the key store and the audit log, and the failure policy.
+
+    ``url_or_engine`` is a URL (configured here) or an :class:`sqlalchemy.Engine`
+    the app made (used as it is: its owner configured it; on SQLite, give it
+    WAL and a busy timeout). ``name`` goes into log lines and errors
+    (``"key store"``, ``"audit log"``).
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | sa.Engine,
+        *,
+        instance_path: str | None = None,
+        setting: str = SETTING,
+        name: str = "database",
+    ) -> None:
+        self.name = name
+        if isinstance(url_or_engine, sa.Engine):
+            self.engine = url_or_engine
+            self.backend = self.engine.dialect.name
+            self.url = self.engine.url.render_as_string(hide_password=True)
+            self.owned = False
+            return
+        if not isinstance(url_or_engine, str):
+            raise ConfigError(f"{setting} must be a database URL string")
+        u = parse_url(url_or_engine, instance_path, setting=setting)
+        self.url = u.render_as_string(hide_password=True)
+        self.backend = u.get_backend_name()
+        # PostgreSQL connections die with a server restart: ping on checkout. A
+        # SQLite connection is a file handle; pinging it would only cost time.
+        kwargs: dict[str, Any] = {
+            "pool_pre_ping": self.backend != "sqlite",
+            "pool_timeout": 10,
+        }
+        connect_args: dict[str, Any] = {}
+        if self.backend == "sqlite":
+            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
+        elif self.backend == "postgresql":
+            if "connect_timeout" not in u.query:
+                connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+            kwargs["isolation_level"] = "READ COMMITTED"
+        try:
+            self.engine = sa.create_engine(u, connect_args=connect_args, **kwargs)
+        except ImportError as exc:
+            raise ConfigError(
+                f"{setting}: the database driver for {self.url!r} is not installed ({exc.name}); "
+                "for PostgreSQL: pip install 'flask-tokenreq[postgres]'"
+            ) from None
+        except sa.exc.NoSuchModuleError:
+            raise ConfigError(
+                f"{setting}: unsupported database URL scheme in {self.url!r}; "
+                "use sqlite:///path or postgresql://..."
+            ) from None
+        except sa.exc.ArgumentError as exc:
+            raise ConfigError(f"{setting}: invalid database URL {self.url!r}: {exc}") from None
+        self.owned = True
+        if self.backend == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+            event.listen(self.engine, "begin", _sqlite_on_begin)
+        elif self.backend == "postgresql":
+            event.listen(self.engine, "connect", _postgres_on_connect)
+        _at_fork_in_child(self)
+
+    def __repr__(self) -> str:
+        return f"Database({self.url!r})"
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A write transaction: committed when the block ends, rolled back on any error.
+
+        On SQLite it starts with ``BEGIN IMMEDIATE``, so the transaction holds
+        the write lock before its first read.
+        """
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A read transaction (one snapshot on SQLite; read committed on PostgreSQL)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def guard(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn``; turn a database failure into :class:`StoreUnavailable` (fail closed).
+
+        Errors of the library itself (:class:`~flask_tokenreq.errors.TokenReqError`,
+        :class:`ConfigError`, ``ValueError``, ``LookupError``) pass through.
+        """
+        try:
+            return fn()
+        except sa.exc.SQLAlchemyError as exc:
+            logger.warning("%s %s failed: %s", self.name, self.url, describe(exc))
+            raise StoreUnavailable(
+                f"The {self.name} is unavailable ({self.backend}): {type(exc).__name__}"
+            ) from None
+
+    def dispose(self) -> None:
+        """Close pooled connections (only of an engine made here)."""
+        if self.owned:
+            self.engine.dispose()
