@@ -34,19 +34,20 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from . import models
-from .audit import DEFAULT_RETENTION_DAYS, AuditLog
-from .capability import Capability
-from .clock import Clock, now_ms
-from .db import Database, describe
-from .errors import (
+from .. import models
+from ..audit import DEFAULT_RETENTION_DAYS, AuditLog
+from ..capability import Capability
+from ..clock import Clock, now_ms
+from ..db import Database, describe
+from ..errors import (
     ConfigError,
+    Conflict,
     InvalidParameter,
     NotFound,
     StoreUnavailable,
-    TokenReqError,
 )
-from .keys_secret import (
+from .base import ApiKey, GraceSecret, KeyStatus
+from .secret import (
     hint,
     new_key_id,
     new_secret,
@@ -55,8 +56,6 @@ from .keys_secret import (
 
 __all__ = [
     "ENCRYPTION_SETTING",
-    "ApiKey",
-    "GraceSecret",
     "KeyInfo",
     "KeyState",
     "SqlKeyStore",
@@ -85,40 +84,7 @@ MAX_TOKEN_TTL_MS = 86_400_000
 _CANARY = b"flask-tokenreq encryption canary v1"
 _TARGET_TYPES = ("clientId", "revocationKey")
 
-KeyStatus = Literal["active", "revoked"]
 ListStatus = Literal["active", "revoked", "expired", "all"]
-
-
-# TODO(foundation): flask_tokenreq/keys/base.py (the lead's foundation work)
-# defines ApiKey with these fields and GraceSecret; when it is on main, delete
-# the two classes below and import them from .keys.base instead.
-@dataclass(frozen=True, slots=True)
-class GraceSecret:
-    """A previous secret that still verifies until ``not_after_ms`` (rotation grace)."""
-
-    value: str = field(repr=False)
-    not_after_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """One API key. ``repr`` never shows a secret. (Local copy; see the TODO above.)"""
-
-    key_name: str
-    secret: str = field(repr=False)
-    capability: Capability = field(default_factory=Capability.all)
-    status: KeyStatus = "active"
-    expires_at_ms: int | None = None
-    previous_secrets: tuple[GraceSecret, ...] = field(default=(), repr=False)
-    name: str | None = None
-    created_ms: int | None = None
-    revoked_reason: str | None = None
-    managed: bool = False
-
-    def verifying_secrets(self, now_ms: int) -> tuple[str, ...]:
-        """The current secret first, then the previous ones still in grace at ``now_ms``."""
-        in_grace = (s.value for s in self.previous_secrets if now_ms <= s.not_after_ms)
-        return (self.secret, *in_grace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +145,6 @@ class KeyInfo:
             "revokedReason": self.revoked_reason,
             "lastUsed": self.last_used_ms,
         }
-
-
-def _conflict(message: str) -> TokenReqError:
-    # TODO(foundation): errors.Conflict (40900) once it is on main.
-    return TokenReqError(message, code=40900, status=409)
 
 
 def _fernet(encryption_keys: object) -> MultiFernet:
@@ -756,9 +717,9 @@ class SqlKeyStore:
                 self._bump(conn)
                 row = self._key_row(conn, key_name)
                 if row.status == "revoked":
-                    raise _conflict(f"Key {key_name!r} is revoked; a revoked key cannot be rotated")
+                    raise Conflict(f"Key {key_name!r} is revoked; a revoked key cannot be rotated")
                 if row.expires_at is not None and now >= row.expires_at:
-                    raise _conflict(f"Key {key_name!r} has expired; create a new key instead")
+                    raise Conflict(f"Key {key_name!r} has expired; create a new key instead")
                 mine = s.c.key_name == key_name
                 if grace_ms == 0:
                     conn.execute(sa.delete(s).where(mine))
@@ -796,7 +757,7 @@ class SqlKeyStore:
                 self._bump(conn)
                 row = self._key_row(conn, key_name)
                 if row.status == "revoked":
-                    raise _conflict(f"Key {key_name!r} is already revoked")
+                    raise Conflict(f"Key {key_name!r} is already revoked")
                 conn.execute(
                     k.update()
                     .where(k.c.key_name == key_name)
