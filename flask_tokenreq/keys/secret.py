@@ -16,6 +16,7 @@ part).
 
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 import secrets
@@ -28,6 +29,7 @@ __all__ = [
     "SECRET_LENGTH",
     "check_secret_format",
     "display",
+    "format_secret",
     "hint",
     "looks_like_managed_key",
     "new_key_id",
@@ -67,9 +69,15 @@ def _checksum(body: str) -> str:
 
 
 def new_secret() -> str:
-    """A fresh secret: ``tkr_`` + 256 random bits in base64url + the checksum."""
-    body = PREFIX + secrets.token_urlsafe(32)
-    assert len(body) == len(PREFIX) + RANDOM_LENGTH
+    """A fresh secret: ``tkr_`` + 256 random bits from :mod:`secrets` + the checksum."""
+    return format_secret(secrets.token_bytes(32))
+
+
+def format_secret(random_bytes: bytes) -> str:
+    """The ``tkr_`` secret of 32 random bytes (for :func:`new_secret` and tests)."""
+    if len(random_bytes) != 32:
+        raise ValueError("a tkr_ secret holds exactly 32 random bytes")
+    body = PREFIX + base64.urlsafe_b64encode(random_bytes).rstrip(b"=").decode("ascii")
     return body + _checksum(body)
 
 

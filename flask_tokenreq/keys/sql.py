@@ -46,6 +46,7 @@ from ..errors import (
     NotFound,
     StoreUnavailable,
 )
+from ..settings import fernet_keys
 from .base import ApiKey, GraceSecret, KeyStatus
 from .secret import (
     hint,
@@ -148,28 +149,13 @@ class KeyInfo:
 
 
 def _fernet(encryption_keys: object) -> MultiFernet:
-    """A MultiFernet of the configured keys (newest first); ConfigError naming the setting."""
-    if isinstance(encryption_keys, (str, bytes)) or not isinstance(encryption_keys, Sequence):
-        raise ConfigError(
-            f"{ENCRYPTION_SETTING} must be a list of Fernet keys, newest first "
-            '(e.g. ["<key>"]); a single key must be wrapped in a list'
-        )
-    if not encryption_keys:
-        raise ConfigError(
-            f"{ENCRYPTION_SETTING} is empty: managed keys need at least one Fernet key. "
-            "Make one with: python -c 'from cryptography.fernet import Fernet; "
-            "print(Fernet.generate_key().decode())'"
-        )
-    fernets = []
-    for index, key in enumerate(encryption_keys):
-        try:
-            fernets.append(Fernet(key))
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{ENCRYPTION_SETTING}[{index}] is not a Fernet key (32 url-safe "
-                "base64-encoded bytes, as Fernet.generate_key() makes)"
-            ) from None
-    return MultiFernet(fernets)
+    """A MultiFernet of the configured keys, newest first.
+
+    Validated by the settings registry's check (one place for its messages):
+    a list of Fernet keys, never a bare string; ConfigError names the setting.
+    """
+    keys = fernet_keys(ENCRYPTION_SETTING, encryption_keys)
+    return MultiFernet([Fernet(key) for key in keys])
 
 
 def _check_name(name: object) -> str:
@@ -199,7 +185,9 @@ def _check_ms(what: str, value: object, *, minimum: int = 0, maximum: int | None
 
 
 def _check_actor(actor: object) -> str | None:
-    if actor is not None and (not isinstance(actor, str) or len(actor) > 255):
+    if actor is not None and (
+        not isinstance(actor, str) or len(actor) > 255 or not _storable(actor)
+    ):
         raise InvalidParameter("actor must be a string of at most 255 characters")
     return actor
 
@@ -218,7 +206,7 @@ class SqlKeyStore:
     def __init__(
         self,
         url_or_engine: str | sa.Engine,
-        encryption_keys: Sequence[str | bytes],
+        encryption_keys: Sequence[str],
         *,
         now_ms: Clock = now_ms,
         app_id: str = DEFAULT_APP_ID,
@@ -262,7 +250,11 @@ class SqlKeyStore:
         engine = self._db.engine
         for attempt in range(3):
             try:
-                models.metadata.create_all(engine, checkfirst=True)
+                # In a write transaction: on SQLite, BEGIN IMMEDIATE makes
+                # parallel creators take turns (a deferred one would fail at
+                # once, without waiting, when it upgrades to a writer).
+                with self._db.write() as conn:
+                    models.metadata.create_all(conn, checkfirst=True)
                 break
             except sa.exc.DBAPIError:
                 # Lost a CREATE TABLE race ("already exists"), or the database
@@ -391,7 +383,7 @@ class SqlKeyStore:
         A revoked key is returned with ``status="revoked"``; an expired one
         with its ``expires_at_ms`` in the past.
         """
-        if type(key_name) is not str or not 0 < len(key_name) <= models.KEY_NAME_LENGTH:
+        if not _plausible_name(key_name):
             return None
         return self._db.guard(lambda: self._get(key_name))
 
@@ -446,7 +438,7 @@ class SqlKeyStore:
         Served from memory while the generation counter is unchanged: one
         primary-key read per call. ``None`` for a name that is not a managed key.
         """
-        if type(key_name) is not str or not 0 < len(key_name) <= models.KEY_NAME_LENGTH:
+        if not _plausible_name(key_name):
             return None
         return self._db.guard(lambda: self._state(key_name))
 
@@ -547,7 +539,7 @@ class SqlKeyStore:
 
     def describe(self, key_name: str) -> KeyInfo | None:
         """One managed key without its secret, or ``None``."""
-        if type(key_name) is not str or not 0 < len(key_name) <= models.KEY_NAME_LENGTH:
+        if not _plausible_name(key_name):
             return None
         found = self._db.guard(lambda: self._list(key_name))
         return found[0] if found else None
@@ -591,7 +583,7 @@ class SqlKeyStore:
             conn.execute(g.insert().values(id=1, value=1))
 
     def _key_row(self, conn: sa.Connection, key_name: str) -> Any:
-        if type(key_name) is not str or not 0 < len(key_name) <= models.KEY_NAME_LENGTH:
+        if not _plausible_name(key_name):
             raise NotFound("No managed key with that name")
         row = conn.execute(sa.select(models.keys).where(models.keys.c.key_name == key_name)).first()
         if row is None:
@@ -745,8 +737,8 @@ class SqlKeyStore:
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidParameter("Revoking a key needs a reason")
         reason = reason.strip()
-        if len(reason) > 500:
-            raise InvalidParameter("A revocation reason has at most 500 characters")
+        if len(reason) > 500 or not _storable(reason):
+            raise InvalidParameter("A revocation reason has at most 500 characters (no NUL)")
         actor = _check_actor(actor)
 
         def run() -> None:
@@ -940,13 +932,37 @@ class SqlKeyStore:
                         k.c.key_name == key_name,
                         sa.or_(
                             k.c.last_used_at.is_(None),
-                            k.c.last_used_at < now - LAST_USED_INTERVAL_MS,
+                            k.c.last_used_at <= now - LAST_USED_INTERVAL_MS,
                         ),
                     )
                     .values(last_used_at=now)
                 )
         except sa.exc.SQLAlchemyError as exc:
             logger.warning("key store %s: last-used not recorded: %s", self._db.url, describe(exc))
+
+
+def _plausible_name(key_name: object) -> bool:
+    """Whether ``key_name`` could be stored at all (a client may send anything).
+
+    Anything else is simply not a key: no query, and no database error
+    (PostgreSQL refuses NUL, lone surrogates cannot be encoded) for client input.
+    """
+    return (
+        type(key_name) is str
+        and 0 < len(key_name) <= models.KEY_NAME_LENGTH
+        and _storable(key_name)
+    )
+
+
+def _storable(text: str) -> bool:
+    """Text every database can hold: no NUL (PostgreSQL), no lone surrogates (UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Collision(Exception):
@@ -968,6 +984,6 @@ def _target_error(target: object) -> dict[str, Any] | None:
         return error(
             f"Target type {kind[:40]!r} is not supported here; use clientId or revocationKey"
         )
-    if len(value) > 1024 or "\x00" in value:
-        return error("A target value has at most 1024 characters")
+    if len(value) > 1024 or not _storable(value):
+        return error("A target value has at most 1024 characters (no NUL)")
     return None
