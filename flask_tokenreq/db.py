@@ -22,6 +22,7 @@ import logging
 import os
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ from .errors import ConfigError, StoreUnavailable
 __all__ = [
     "SETTING",
     "Database",
+    "Prepared",
     "describe",
 ]
 
@@ -51,6 +53,17 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 WRITE_OPTION = "tokenreq_write"
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A statement compiled once for this database (see :meth:`Database.prepare`)."""
+
+    sql: str
+    #: Parameter names in order, for drivers with positional parameters (SQLite).
+    order: tuple[str, ...] | None
+    #: Values of the statement's own literals (``id = 1``), merged under the caller's.
+    defaults: dict[str, Any]
 
 
 def describe(exc: BaseException) -> str:
@@ -157,6 +170,7 @@ class Database:
             self.backend = self.engine.dialect.name
             self.url = self.engine.url.render_as_string(hide_password=True)
             self.owned = False
+            self._dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
             return
         if not isinstance(url_or_engine, str):
             raise ConfigError(f"{setting} must be a database URL string")
@@ -191,6 +205,7 @@ class Database:
         except sa.exc.ArgumentError as exc:
             raise ConfigError(f"{setting}: invalid database URL {self.url!r}: {exc}") from None
         self.owned = True
+        self._dbapi_error = self.engine.dialect.loaded_dbapi.Error
         if self.backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)
@@ -227,11 +242,54 @@ class Database:
         """
         try:
             return fn()
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, self._dbapi_error) as exc:
             logger.warning("%s %s failed: %s", self.name, self.url, describe(exc))
             raise StoreUnavailable(
                 f"The {self.name} is unavailable ({self.backend}): {type(exc).__name__}"
             ) from None
+
+    def prepare(self, stmt: sa.Select[Any]) -> Prepared:
+        """Compile ``stmt`` once, for :meth:`fetch` (bind parameters by name)."""
+        compiled = stmt.compile(dialect=self.engine.dialect)
+        order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        defaults = {k: v for k, v in compiled.params.items() if v is not None}
+        return Prepared(str(compiled), order, defaults)
+
+    def fetch(self, prepared: Prepared, params: dict[str, Any]) -> list[Any]:
+        """Run one read-only statement on a pooled driver connection; its rows.
+
+        The hot paths (a generation check per guarded request, a key lookup
+        per exchange) skip SQLAlchemy's per-execution work, which costs
+        several times the query itself on SQLite. One statement is its own
+        snapshot: SQLite connections here are in autocommit mode (see
+        :func:`_sqlite_on_connect`), PostgreSQL's are switched to it.
+        Failures propagate as driver errors; call it inside :meth:`guard`.
+        """
+        values = {**prepared.defaults, **params}
+        args: Any = values
+        if prepared.order is not None:
+            args = tuple(values[name] for name in prepared.order)
+        conn = self.engine.raw_connection()
+        dbapi_conn: Any = conn.dbapi_connection
+        try:
+            if self.backend == "postgresql":
+                dbapi_conn.autocommit = True
+            cursor = conn.cursor()
+            try:
+                cursor.execute(prepared.sql, args)
+                rows = list(cursor.fetchall())
+            finally:
+                cursor.close()
+            if self.backend == "postgresql":
+                dbapi_conn.autocommit = False
+            elif self.backend != "sqlite":  # pragma: no cover - other databases
+                dbapi_conn.rollback()
+            return rows
+        except BaseException:
+            conn.invalidate()  # whatever went wrong, do not hand it out again
+            raise
+        finally:
+            conn.close()
 
     def dispose(self) -> None:
         """Close pooled connections (only of an engine made here)."""

@@ -447,13 +447,34 @@ def test_old_revocations_are_purged(store: SqlKeyStore, clock: FakeClock) -> Non
 
 
 def count_statements(store: SqlKeyStore) -> list[str]:
+    """Every SQL statement the database driver runs for ``store`` from now on.
+
+    Recorded at the driver (SQLite's trace callback, a psycopg cursor
+    subclass), below SQLAlchemy, since the hot paths run prepared SQL on
+    driver connections.
+    """
     seen: list[str] = []
 
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if not statement.lstrip().upper().startswith(("BEGIN", "PRAGMA", "SET")):
+    def record(statement: str) -> None:
+        text = statement.strip(" ;\n").upper()
+        # Transaction control and the pool's liveness ping (";") are not reads.
+        if text and not text.startswith(("BEGIN", "PRAGMA", "SET", "COMMIT", "ROLLBACK")):
             seen.append(statement)
 
-    event.listen(store.database.engine, "before_cursor_execute", before)
+    def on_checkout(dbapi_conn: Any, record_: Any, proxy: Any) -> None:
+        if store.database.backend == "sqlite":
+            dbapi_conn.set_trace_callback(record)
+        else:
+            import psycopg
+
+            class Recording(psycopg.Cursor):  # type: ignore[type-arg]
+                def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+                    record(str(query))
+                    return super().execute(query, *args, **kwargs)
+
+            dbapi_conn.cursor_factory = Recording
+
+    event.listen(store.database.engine.pool, "checkout", on_checkout)
     return seen
 
 

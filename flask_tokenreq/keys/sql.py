@@ -83,6 +83,8 @@ LAST_USED_INTERVAL_MS = 60_000
 MAX_TOKEN_TTL_MS = 86_400_000
 
 _CANARY = b"flask-tokenreq encryption canary v1"
+# Columns of the key lookup's rows (see SqlKeyStore._get_sql).
+_CIPHERTEXT, _NOT_AFTER = 6, 7
 _TARGET_TYPES = ("clientId", "revocationKey")
 
 ListStatus = Literal["active", "revoked", "expired", "all"]
@@ -228,6 +230,27 @@ class SqlKeyStore:
         self._cache_generation: int | None = None
         self._cache_lock = threading.Lock()
         self._last_used: dict[str, int] = {}
+        # The two statements of the hot paths, compiled once (see Database.fetch).
+        g, k, sec = models.generation, models.keys, models.key_secrets
+        self._generation_sql = self._db.prepare(sa.select(g.c.value).where(g.c.id == 1))
+        self._get_sql = self._db.prepare(
+            sa.select(
+                k.c.name,
+                k.c.capability,
+                k.c.status,
+                k.c.expires_at,
+                k.c.created_at,
+                k.c.revoked_reason,
+                sec.c.ciphertext,
+                sec.c.not_after,
+            )
+            .join(sec, sec.c.key_name == k.c.key_name)
+            .where(
+                k.c.key_name == sa.bindparam("key_name"),
+                sa.or_(sec.c.not_after.is_(None), sec.c.not_after >= sa.bindparam("now")),
+            )
+            .order_by(sec.c.id.desc())
+        )
 
     def __repr__(self) -> str:
         return f"SqlKeyStore({self._db.url!r})"
@@ -388,47 +411,29 @@ class SqlKeyStore:
         return self._db.guard(lambda: self._get(key_name))
 
     def _get(self, key_name: str) -> ApiKey | None:
-        k, s = models.keys, models.key_secrets
-        now = self._now()
-        stmt = (
-            sa.select(
-                k.c.name,
-                k.c.capability,
-                k.c.status,
-                k.c.expires_at,
-                k.c.created_at,
-                k.c.revoked_reason,
-                s.c.ciphertext,
-                s.c.not_after,
-            )
-            .join(s, s.c.key_name == k.c.key_name)
-            .where(k.c.key_name == key_name, sa.or_(s.c.not_after.is_(None), s.c.not_after >= now))
-            .order_by(s.c.id.desc())
-        )
-        with self._db.read() as conn:
-            rows = conn.execute(stmt).all()
+        rows = self._db.fetch(self._get_sql, {"key_name": key_name, "now": self._now()})
         if not rows:
             return None
-        current = [r for r in rows if r.not_after is None]
+        current = [r for r in rows if r[_NOT_AFTER] is None]
         if len(current) != 1:
             logger.error("key store %s: key %s has no current secret", self._db.url, key_name)
             raise StoreUnavailable("The key store holds no current secret for this key")
-        row = current[0]
+        name, capability, status, expires_at, created_at, reason, ciphertext, _ = current[0]
         previous = tuple(
-            GraceSecret(self._decrypt(key_name, r.ciphertext), r.not_after)
+            GraceSecret(self._decrypt(key_name, r[_CIPHERTEXT]), r[_NOT_AFTER])
             for r in rows
-            if r.not_after is not None
+            if r[_NOT_AFTER] is not None
         )
         return ApiKey(
             key_name,
-            self._decrypt(key_name, row.ciphertext),
-            Capability.parse(row.capability),
-            row.status,
-            row.expires_at,
+            self._decrypt(key_name, ciphertext),
+            Capability.parse(capability),
+            status,
+            expires_at,
             previous_secrets=previous,
-            name=row.name,
-            created_ms=row.created_at,
-            revoked_reason=row.revoked_reason,
+            name=name,
+            created_ms=created_at,
+            revoked_reason=reason,
             managed=True,
         )
 
@@ -443,17 +448,15 @@ class SqlKeyStore:
         return self._db.guard(lambda: self._state(key_name))
 
     def _state(self, key_name: str) -> KeyState | None:
-        g = models.generation
+        # The counter first: what is read after it is at least as new, so
+        # keeping it under this number can only make the cache refresh early.
+        found = self._db.fetch(self._generation_sql, {})
+        generation = found[0][0] if found else -1  # not seeded: read every time
+        if generation == self._cache_generation:
+            cached = self._cache.get(key_name)
+            if cached is not None:
+                return cached
         with self._db.read() as conn:
-            # The counter first: what is read after it is at least as new, so
-            # keeping it under this number can only make the cache refresh early.
-            generation = conn.execute(sa.select(g.c.value).where(g.c.id == 1)).scalar()
-            if generation is None:
-                generation = -1  # not seeded: nothing can be trusted, read every time
-            if generation == self._cache_generation:
-                cached = self._cache.get(key_name)
-                if cached is not None:
-                    return cached
             state = self._load_state(conn, key_name)
         if generation >= 0:
             with self._cache_lock:
