@@ -655,6 +655,15 @@ def fail_audit_inserts(store: SqlKeyStore, event_name: str) -> None:
             )
 
 
+def allow_audit_inserts(store: SqlKeyStore) -> None:
+    with store.database.engine.begin() as conn:
+        if store.database.backend == "sqlite":
+            conn.exec_driver_sql("DROP TRIGGER fail_audit")
+        else:
+            conn.exec_driver_sql("DROP TRIGGER fail_audit ON tokenreq_audit")
+            conn.exec_driver_sql("DROP FUNCTION fail_audit()")
+
+
 def test_a_change_whose_audit_row_fails_is_not_made(
     store: SqlKeyStore, worker2: SqlKeyStore, clock: FakeClock
 ) -> None:
@@ -670,13 +679,7 @@ def test_a_change_whose_audit_row_fails_is_not_made(
         secrets_before = rows(store, models.key_secrets)
         with pytest.raises(StoreUnavailable):
             change()
-        with store.database.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "DROP TRIGGER fail_audit"
-                + ("" if "sqlite" in str(store.database.backend) else " ON tokenreq_audit")
-            )
-            if store.database.backend != "sqlite":
-                conn.exec_driver_sql("DROP FUNCTION fail_audit()")
+        allow_audit_inserts(store)
         assert rows(store, models.key_secrets) == secrets_before
     got = worker2.get(key.key_name)
     assert got is not None
