@@ -31,7 +31,6 @@ environment variable is read (JSON-parsed). Demo settings:
 from __future__ import annotations
 
 import argparse
-import hmac
 import logging
 import os
 import sys
@@ -41,27 +40,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, redirect, render_template, request, url_for
-from flask_login import LoginManager, current_user, login_user, logout_user
+from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 if not __package__:  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.issuer_app import DEV_TOKENREQ_KEY, USERS, User
+from examples.accounts import SignIn, User, apply_defaults
+from examples.issuer_app import DEV_TOKENREQ_KEY
 from examples.provider_app import DEV_SIGNING_SECRET, MessageStore, channels_blueprint
-from flask_tokenreq import config
+from flask_tokenreq import config, settings
 from flask_tokenreq.clock import Clock
 from flask_tokenreq.clock import now_ms as wall_clock
-from flask_tokenreq.errors import ConfigError, TokenReqError
-from flask_tokenreq.http import Cors, error_response
+from flask_tokenreq.errors import ConfigError, TokenReqError, from_http_exception
+from flask_tokenreq.http import Cors
 from flask_tokenreq.issuer import TokenIssuer
 from flask_tokenreq.provider import CORS_HEADERS, TokenProvider
 
 log = logging.getLogger("examples.demo")
 
 HERE = Path(__file__).resolve().parent
-#: Default instance folder (nonce store, messages): ``instance/`` in the checkout.
+#: Default instance folder (nonce store, messages, sessions): ``instance/`` in the checkout.
 DEFAULT_INSTANCE = HERE.parent / "instance"
 ISSUER_PREFIX = "/api/tokenreq"
 DEFAULT_PROVIDER_PREFIX = "/provider"
@@ -73,6 +73,8 @@ DEMO_LOGINS = (
     ("alice", "alice-password", "may publish, subscribe and read history"),
     ("bob", "bob-password", "may only subscribe and read history: publishing is refused"),
 )
+#: Sign-in and sign-out answer with the page (HTML), not with Ably error JSON.
+FORM_ENDPOINTS = frozenset({"do_login", "do_logout"})
 
 
 def create_app(
@@ -83,35 +85,32 @@ def create_app(
 ) -> Flask:
     """The demo app; ``overrides`` are applied to ``app.config`` last.
 
-    ``now_ms`` is the clock of the issuer, the provider and the message store
-    (tests inject a fake one to expire tokens without waiting).
+    ``now_ms`` is the clock of the issuer, the provider, the message store
+    and the sign-in sessions (tests inject a fake one to expire tokens
+    without waiting).
     """
     app = Flask(__name__, instance_path=str(instance_path or DEFAULT_INSTANCE))
-    config.from_env(app.config)  # every TOKENREQ_* variable, JSON-parsed
-    app.config.from_prefixed_env()  # FLASK_SECRET_KEY -> SECRET_KEY
+    apply_defaults(app)  # bounded bodies, cookie flags, sign-in limits
+    settings.from_env(app.config)  # every TOKENREQ_* variable, JSON-parsed
+    app.config.from_prefixed_env()  # FLASK_SECRET_KEY -> SECRET_KEY, FLASK_LOGIN_RATE_LIMIT, ...
     app.config.update(overrides or {})
     _development_defaults(app)
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     app.config.setdefault("TOKENREQ_PROVIDER_URL_PREFIX", DEFAULT_PROVIDER_PREFIX)
     os.makedirs(app.instance_path, exist_ok=True)
 
-    # -- the app: users and sessions ------------------------------------------------
-    login = LoginManager(app)
-
-    @login.user_loader
-    def load_user(user_id: str) -> User | None:
-        return User(user_id) if user_id in USERS else None
+    # -- the app: users and sessions (examples/accounts.py) ---------------------------
+    sign_in = SignIn(app, now_ms=now_ms)
 
     # -- the issuer: signs TokenRequests for the signed-in user ---------------------
     issuer = TokenIssuer(app, url_prefix=ISSUER_PREFIX, now_ms=now_ms)
 
     @issuer.client_id_loader
     def client_id(user: User) -> str:
-        return str(user.id)
+        return user.username
 
     @issuer.capability_loader
     def capability(user: User, req: object) -> dict[str, list[str]]:
-        return {"*": USERS[user.id][1]}
+        return {"*": user.operations}
 
     # -- the provider and the channel resource it guards ------------------------------
     provider = TokenProvider(app, now_ms=now_ms)  # at TOKENREQ_PROVIDER_URL_PREFIX
@@ -121,9 +120,7 @@ def create_app(
         database = "sqlite:///" + os.path.join(app.instance_path, "demo-messages.sqlite3")
     store = MessageStore(database)
     app.extensions["demo_messages"] = store
-    cors = Cors(
-        config.get_str_list(app.config, "TOKENREQ_PROVIDER_CORS_ORIGINS"), headers=CORS_HEADERS
-    )
+    cors = Cors(settings.read(app.config, "TOKENREQ_PROVIDER_CORS_ORIGINS"), headers=CORS_HEADERS)
     app.register_blueprint(
         channels_blueprint(provider, store, cors=cors, now_ms=now_ms),
         url_prefix=provider_prefix or None,
@@ -136,15 +133,16 @@ def create_app(
     poll_ms = config.get_int(app.config, "TOKENREQ_DEMO_POLL_MS", DEFAULT_POLL_MS, minimum=0)
 
     def page(next_url: str, error: str | None = None, status: int = 200) -> Response:
-        settings = {
+        page_settings = {
             "authUrl": url_for("tokenreq_issuer.token"),
             "providerUrl": provider_url,
             "pollMs": poll_ms,
-            "user": current_user.id if current_user.is_authenticated else None,
+            "user": current_user.username if current_user.is_authenticated else None,
+            "signInUrl": url_for("index"),
         }
         html = render_template(
             "demo.html",
-            settings=settings,
+            settings=page_settings,
             error=error,
             logins=DEMO_LOGINS,
             provider_url=provider_url,
@@ -160,51 +158,42 @@ def create_app(
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    @app.before_request
-    def same_origin_forms() -> BaseResponse | None:
-        """Sign-in and sign-out forms are only accepted from this site's own pages."""
-        origin = request.headers.get("Origin")
-        form = request.method == "POST" and request.endpoint in ("do_login", "do_logout")
-        if form and origin and urlsplit(origin).netloc != request.host:
-            return Response("Cross-site form refused", status=403, mimetype="text/plain")
-        return None
-
     @app.get("/")
     def index() -> Response:
         return page(request.full_path if request.query_string else "/")
 
     @app.post("/login")
+    @sign_in.guard
     def do_login() -> BaseResponse:
-        username = request.form.get("username", "")
-        password = request.form.get("password", "")
-        entry = USERS.get(username)
-        expected = entry[0] if entry else "\0"
-        if not (hmac.compare_digest(password.encode(), expected.encode()) and entry is not None):
-            next_url = request.form.get("next") or "/"
-            return page(next_url, error="Wrong username or password.", status=401)
-        login_user(User(username))
-        return redirect(_safe_next(request.form.get("next")), code=303)
+        credentials = sign_in.credentials()
+        next_url = credentials.fields.get("next")
+        try:
+            sign_in.sign_in(credentials)
+        except TokenReqError:
+            back = next_url if isinstance(next_url, str) else "/"
+            return page(back, error="Wrong username or password.", status=401)
+        return redirect(_safe_next(next_url if isinstance(next_url, str) else None), code=303)
 
     @app.get("/login")
     def login_page() -> BaseResponse:
         return redirect(url_for("index"))
 
     @app.post("/logout")
+    @sign_in.guard
     def do_logout() -> BaseResponse:
-        logout_user()
-        return redirect(_safe_next(request.form.get("next")), code=303)
+        next_url = sign_in.fields().get("next")
+        sign_in.sign_out()
+        return redirect(_safe_next(next_url if isinstance(next_url, str) else None), code=303)
 
-    # Errors under the provider prefix are Ably errors (JSON); elsewhere HTML.
-    @app.errorhandler(TokenReqError)
-    def ably_error(exc: TokenReqError) -> Response:
-        return error_response(exc)
-
+    # Errors: the sign-in form shows them on the page; under the provider prefix
+    # they are Ably errors (JSON); elsewhere werkzeug's usual pages.
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> BaseResponse | HTTPException:
+        error = from_http_exception(exc)
+        if request.endpoint in FORM_ENDPOINTS:
+            return page("/", error=f"{error.message} ({error.code})", status=error.status)
         if provider_prefix and request.path.startswith(provider_prefix + "/"):
-            status = exc.code or 500
-            response = error_response(TokenReqError(exc.name, code=status * 100, status=status))
-            return cors.apply(request, response)
+            return cors.apply(request, error.get_response())
         return exc
 
     return app
@@ -212,7 +201,7 @@ def create_app(
 
 def _provider_prefix(app: Flask) -> str:
     """Where the provider is mounted (``TOKENREQ_PROVIDER_URL_PREFIX``, validated)."""
-    prefix = config.get_str(app.config, "TOKENREQ_PROVIDER_URL_PREFIX") or ""
+    prefix: str = settings.read(app.config, "TOKENREQ_PROVIDER_URL_PREFIX") or ""
     return prefix.rstrip("/")
 
 
@@ -222,12 +211,12 @@ def _development_defaults(app: Flask) -> None:
     if not conf.get("SECRET_KEY"):
         log.warning("FLASK_SECRET_KEY is not set: using the development session key")
         conf["SECRET_KEY"] = DEV_SECRET_KEY
-    if not config.lookup(conf, "TOKENREQ_KEY"):
+    if not conf.get("TOKENREQ_KEY"):
         log.warning("TOKENREQ_KEY is not set: using a development key (never deploy it)")
         conf["TOKENREQ_KEY"] = DEV_TOKENREQ_KEY
-    if not config.lookup(conf, "TOKENREQ_PROVIDER_KEYS"):
-        conf["TOKENREQ_PROVIDER_KEYS"] = [config.lookup(conf, "TOKENREQ_KEY")]
-    if not config.lookup(conf, "TOKENREQ_SIGNING_SECRET"):
+    if not conf.get("TOKENREQ_PROVIDER_KEYS"):
+        conf["TOKENREQ_PROVIDER_KEYS"] = [conf["TOKENREQ_KEY"]]
+    if not conf.get("TOKENREQ_SIGNING_SECRET"):
         log.warning("TOKENREQ_SIGNING_SECRET is not set: using a development value")
         conf["TOKENREQ_SIGNING_SECRET"] = DEV_SIGNING_SECRET
 

@@ -72,11 +72,14 @@ def invalid_message(message: str) -> TokenReqError:
 
 def read_body(max_bytes: int) -> Any:
     """The request body, decoded by its Content-Type (JSON or msgpack)."""
+    too_large = BadRequest(
+        f"request body too large: at most {max_bytes} bytes", code=40009, status=413
+    )
+    if (request.content_length or 0) > max_bytes:  # before the app's MAX_CONTENT_LENGTH
+        raise too_large
     raw = request.stream.read(max_bytes + 1)
-    if len(raw) > max_bytes or (request.content_length or 0) > max_bytes:
-        raise BadRequest(
-            f"request body too large: at most {max_bytes} bytes", code=40009, status=413
-        )
+    if len(raw) > max_bytes:
+        raise too_large
     if not raw:
         raise InvalidBody("request body is empty: send a message or a list of messages")
     if request.mimetype == MSGPACK:
@@ -385,6 +388,8 @@ def create_app(
 ) -> Flask:
     """The example provider; ``overrides`` are applied to ``app.config`` last."""
     app = Flask(__name__, instance_path=instance_path)
+    # Forms are never expected here; FLASK_* variables and overrides may change these.
+    app.config.update(MAX_FORM_MEMORY_SIZE=16 * 1024, MAX_FORM_PARTS=100)
     config.from_env(app.config)  # every TOKENREQ_* variable, JSON-parsed
     app.config.from_prefixed_env()  # FLASK_SECRET_KEY -> SECRET_KEY
     app.config.update(overrides or {})
@@ -409,6 +414,9 @@ def create_app(
     max_bytes = config.get_int(
         app.config, "TOKENREQ_MESSAGES_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=256
     )
+    if app.config.get("MAX_CONTENT_LENGTH") is None:
+        # Every body is bounded, chunked or not (413 beyond), whatever reads it.
+        app.config["MAX_CONTENT_LENGTH"] = 2 * max_bytes
     cors = Cors(
         config.get_str_list(app.config, "TOKENREQ_PROVIDER_CORS_ORIGINS"), headers=CORS_HEADERS
     )
