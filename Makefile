@@ -1,5 +1,5 @@
-# The two commands: `make demo` and `make test`. Both work from a clean clone:
-# they create .venv and install what they need.
+# The commands: `make demo`, `make examples` and `make test`. They work from a
+# clean clone: they create .venv and install what they need.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 INTEROP := tests/interop
 NODE_STAMP := $(INTEROP)/node_modules/.installed
 DEMO_PORT ?= 5000
+ISSUER_PORT ?= 5000
+PROVIDER_PORT ?= 5001
 
-.PHONY: install node test lint demo bench clean
+.PHONY: install node test lint demo examples bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +40,11 @@ test: install node lint
 
 demo: install
 	$(BIN)/python examples/demo.py --port $(DEMO_PORT)
+
+# The two example apps the README's ably-js and ably-python snippets talk to:
+# issuer on :5000, provider on :5001. Ctrl-C stops both.
+examples: install
+	$(BIN)/python examples/run.py --issuer-port $(ISSUER_PORT) --provider-port $(PROVIDER_PORT)
 
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
