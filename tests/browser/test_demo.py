@@ -8,6 +8,7 @@ from the provider's injected clock, and waiting is Playwright's auto-waiting
 
 from __future__ import annotations
 
+import base64
 import itertools
 import re
 import time
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+import requests
 from flask import Flask
 
 from examples import demo
@@ -236,8 +239,113 @@ def test_bob_reads_events_and_publishing_is_refused(
 
     publish(page, "bob was here")  # final state: the refusal on screen
     expect(alert).to_contain_text("(40160)")
+    refusal = page.get_by_test_id("log-entry").first  # newest first
+    expect(refusal).to_contain_text("POST /provider/channels/demo/messages")
+    expect(refusal).to_contain_text("401")
+    expect(refusal).to_contain_text("40160 Capability not permitted")
     screenshot(page, tmp_path, "bob-refused")
     assert_clean(page_errors, unauthorized=2)  # the provider's 40160 answers to bob's publishes
+
+
+def test_the_page_shows_the_token_request_the_exchange_the_claims_and_the_header(
+    page: Page, page_errors: PageErrors, serve_demo: Callable[..., Demo], tmp_path: Path
+) -> None:
+    """What the page shows is what went over the wire, with the MAC and token cut short."""
+    server = serve_demo()
+    page.goto(f"{server.url}/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("alice-password")
+    with (
+        page.expect_response(lambda r: r.url.endswith(TOKEN_PATH)) as signed,
+        page.expect_response(lambda r: r.url.endswith("/requestToken")) as exchanged,
+    ):
+        page.get_by_role("button", name="Sign in").click()
+    token_request = signed.value.json()
+    details = exchanged.value.json()
+    expect(page.get_by_test_id("token-count")).to_have_text("1")
+
+    step1 = page.get_by_test_id("tr-fields")
+    expect(page.get_by_test_id("tr-call")).to_have_text(f"GET {TOKEN_PATH} → TokenRequest")
+    for text in (
+        "keyNamedemo.browser",
+        "clientIdalice",
+        'capability{"*":["history","publish","subscribe"]}',
+        "ttl3600000 ms (60 min)",
+        f"nonce{token_request['nonce']}",
+        f"mac{token_request['mac'][:8]}…",
+    ):
+        expect(step1).to_contain_text(text)
+    expect(page.get_by_test_id("ex-call")).to_have_text(
+        "POST /provider/keys/demo.browser/requestToken → TokenDetails"
+    )
+    expect(page.get_by_test_id("ex-fields")).to_contain_text(f"token{details['token'][:16]}…")
+    expect(page.get_by_test_id("ex-fields")).to_contain_text(f"expires{details['expires']} (")
+
+    claims = jwt.decode(details["token"], options={"verify_signature": False})
+    expect(page.get_by_test_id("jwt-header")).to_contain_text("alg HS256 · typ at+jwt · kid")
+    step3 = page.get_by_test_id("claims")
+    for name in ("iss", "clientId", "keyName", "capability"):
+        value = claims[name]
+        expect(step3).to_contain_text(f"{name}{value}")
+    expiry = page.evaluate(f"new Date({claims['exp']} * 1000).toLocaleTimeString()")
+    expect(step3).to_contain_text(f"exp{claims['exp']} ({expiry})")
+    expires = page.evaluate(f"new Date({details['expires']}).toLocaleTimeString()")
+    expect(page.get_by_test_id("token-expires")).to_have_text(expires)
+
+    bearer = base64.b64encode(details["token"].encode()).decode()  # after the event list loaded
+    expect(page.get_by_test_id("auth-header")).to_have_text(f"Authorization: Bearer {bearer[:20]}…")
+    expect(page.get_by_test_id("auth-header-plain")).to_contain_text(
+        f"base64 of {details['token'][:20]}…"
+    )
+    log = page.get_by_test_id("log-entry")
+    expect(log).to_have_count(3)
+    expect(log.nth(2)).to_contain_text(f"GET {TOKEN_PATH}200")
+    expect(log.nth(1)).to_contain_text("POST /provider/keys/demo.browser/requestToken200")
+    expect(log.nth(0)).to_contain_text("GET /provider/channels/demo/messages200")
+
+    html = page.content()  # the full MAC and token are never on the page
+    assert token_request["mac"] not in html
+    assert details["token"] not in html
+    assert bearer not in html
+    screenshot(page, tmp_path, "flow")
+    assert_clean(page_errors)
+
+
+def test_when_the_session_ends_elsewhere_the_page_says_so(
+    page: Page, page_errors: PageErrors, serve_demo: Callable[..., Demo], tmp_path: Path
+) -> None:
+    """Signed out in another tab (the server ends the session): the next token request
+    gets 401 from the issuer, and the page stops claiming anyone is signed in."""
+    server = serve_demo()
+    sign_in(page, server.url, "alice")
+    expect(page.get_by_test_id("token-count")).to_have_text("1")
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "session"]
+    elsewhere = requests.post(
+        f"{server.url}/logout",
+        cookies={"session": cookie["value"]},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert elsewhere.status_code == 303  # the browser keeps its (now dead) cookie
+
+    page.get_by_role("button", name="Get a new token").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_have_text("Your session has ended: the issuer answered 40100. Sign in again.")
+    expect(page.get_by_test_id("signed-in-user")).to_be_hidden()
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    expect(page.get_by_test_id("session-ended")).to_contain_text("Session ended")
+    expect(page.get_by_role("button", name="Publish")).to_be_disabled()
+    expect(page.get_by_role("button", name="Get a new token")).to_be_disabled()
+    expect(page.get_by_test_id("token-time-left")).to_have_text("no new tokens without a session")
+    expect(page.get_by_test_id("log-entry").first).to_contain_text(
+        f"GET {TOKEN_PATH}40140100 Login required"
+    )
+    screenshot(page, tmp_path, "session-ended")
+    assert_clean(page_errors, unauthorized=1)  # the issuer's 401
+
+    page.get_by_role("link", name="Sign in again").click()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    expect(page.get_by_test_id("signed-in-user")).to_have_count(0)
 
 
 def test_wrong_password_and_sign_out(
