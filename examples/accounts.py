@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from flask import Flask, Response, current_app, request
@@ -153,6 +153,8 @@ class SignIn:
 
         limit = conf.get("LOGIN_RATE_LIMIT")
         try:
+            if not isinstance(limit, str):
+                raise TypeError(limit)
             parse_many(limit)
         except (TypeError, ValueError):
             raise ConfigError(
@@ -178,7 +180,7 @@ class SignIn:
 
     def guard(self, view: F) -> F:
         """For sign-in and sign-out views: refuse cross-site posts, limit failures."""
-        return self._limit(_same_site_only(view))  # type: ignore[no-any-return]
+        return cast(F, self._limit(_same_site_only(view)))
 
     def fields(self) -> dict[str, Any]:
         """The posted form or JSON object, read at most ``LOGIN_MAX_BYTES``; 4xx otherwise."""

@@ -36,7 +36,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, redirect, render_template, request, url_for
@@ -193,7 +193,7 @@ def create_app(
         if request.endpoint in FORM_ENDPOINTS:
             return page("/", error=f"{error.message} ({error.code})", status=error.status)
         if provider_prefix and request.path.startswith(provider_prefix + "/"):
-            return cors.apply(request, error.get_response())
+            return cors.apply(request, cast(Response, error.get_response()))
         return exc
 
     return app
