@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "TokenProvider": ".provider",
     "TokenReqError": ".errors",
     "TokenRequest": ".tokenrequest",
+    "ably_request_data": ".http",
     "ably_response": ".http",
     "canonical_capability": ".capability",
     "current_identity": ".provider",
@@ -57,6 +58,7 @@ __all__ = [
     "TokenReqError",
     "TokenRequest",
     "__version__",
+    "ably_request_data",
     "ably_response",
     "canonical_capability",
     "current_identity",
@@ -89,7 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .capability import Capability, InvalidCapability, canonical_capability
     from .client import TokenClient, exchange, request_token
     from .errors import ConfigError, TokenReqError
-    from .http import ably_response
+    from .http import ably_request_data, ably_response
     from .issuer import TokenIssuer
     from .keys import ApiKey, KeyStore, StaticKeyStore, parse_key
     from .nonces import NonceStore, open_nonce_store

@@ -17,7 +17,7 @@ import msgpack
 from flask import Request, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import InvalidBody, TokenReqError
+from .errors import BodyTooLarge, InvalidBody, TokenReqError, UnsupportedMediaType
 
 JSON = "application/json"
 JWT = "application/jwt"
@@ -107,6 +107,23 @@ def parse_msgpack(raw: bytes) -> Any:
         return msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception:
         raise InvalidBody("request body is not valid msgpack") from None
+
+
+def ably_request_data(max_bytes: int = 64 * 1024) -> Any:
+    """The current request's body, decoded as an Ably client sent it: msgpack or JSON.
+
+    The counterpart of :func:`ably_response` for a view serving Ably clients
+    (ably-js sends msgpack in Node by default, JSON in browsers). The body is
+    read at most ``max_bytes`` (chunked too): beyond, 413/41300; malformed,
+    400/40001; another content type, 415/41500. These errors render themselves.
+    """
+    mimetype = request.mimetype
+    if mimetype not in (JSON, MSGPACK, ""):
+        raise UnsupportedMediaType(f"send {JSON} or {MSGPACK}, not {mimetype}")
+    raw = read_body(request, max_bytes, BodyTooLarge)
+    if not raw:
+        raise InvalidBody("request body is empty")
+    return parse_msgpack(raw) if mimetype == MSGPACK else parse_json(raw)
 
 
 class Cors:

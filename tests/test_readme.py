@@ -303,9 +303,10 @@ def test_step3_with_ably_python(readme_app: tuple[str, dict[str, Any]]) -> None:
         ("application/x-msgpack", msgpack.packb([1, 2]), 400, 40001),  # not message objects
         ("application/json", b"[" * 5000 + b"]" * 5000, 400, 40001),
         ("application/json", b"{", 400, 40001),
-        ("application/json", b'"x' + b"y" * 70_000 + b'"', 400, 40001),  # over 64 KiB
+        ("application/json", b'"x' + b"y" * 70_000 + b'"', 413, 41300),  # over 64 KiB
+        ("text/plain", b"hello", 415, 41500),
     ],
-    ids=["bad-msgpack", "not-messages", "nested-json", "bad-json", "too-large"],
+    ids=["bad-msgpack", "not-messages", "nested-json", "bad-json", "too-large", "not-ably"],
 )
 def test_step3_publish_refuses_bad_bodies_with_4xx(
     readme_app: tuple[str, dict[str, Any]],
