@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask_login import LoginManager, UserMixin, login_user
 
-from flask_tokenreq import TokenIssuer, TokenProvider, clock, sign_token_request
+from flask_tokenreq import TokenIssuer, TokenProvider, TokenRequest, clock, sign_token_request
 from flask_tokenreq.issuer import STATE as ISSUER_STATE
 from flask_tokenreq.nonces import MemoryNonceStore
 from flask_tokenreq.provider import STATE as PROVIDER_STATE
+from flask_tokenreq.testing import ManualClock, Recorder
 
 from .conftest import KEY, KEY_NAME, OTHER_KEY, ROOT, FakeClock
 from .test_provider import SIGNING_SECRET
@@ -85,34 +87,53 @@ class _User(UserMixin):
         self.id = name
 
 
-def test_the_process_clock_override_reaches_issuer_and_provider() -> None:
+def test_the_process_clock_reaches_issuer_and_provider(
+    tokenreq_clock: ManualClock,
+    tokenreq_key: str,
+    tokenreq_sign: Callable[..., TokenRequest],
+    tokenreq_recorder: Recorder,
+) -> None:
+    """Built without ``now_ms``, both extensions read the process clock (the fixture's)."""
+    tokenreq_clock.set(1_800_000_000_000)
+    issuer_app = Flask(__name__)
+    issuer_app.config.update(
+        SECRET_KEY="s" * 40, TOKENREQ_KEY=tokenreq_key, TOKENREQ_ISSUER_CAPABILITY={"*": ["*"]}
+    )
+    LoginManager(issuer_app).user_loader(_User)
+
+    @issuer_app.post("/login")
+    def login() -> str:
+        login_user(_User("alice"))
+        return "ok"
+
+    TokenIssuer(issuer_app)  # no now_ms: the process clock
+    client = issuer_app.test_client()
+    client.post("/login")
+    treq = client.get("/tokenreq/token").get_json()
+    assert treq["timestamp"] == tokenreq_clock()
+    assert tokenreq_recorder.token_requests == [TokenRequest.from_dict(treq)]
+
+    app, _ = _provider_app([tokenreq_key], MemoryNonceStore(warn=False))
+    key_name = treq["keyName"]
+    exchange = app.test_client().post(f"/keys/{key_name}/requestToken", json=treq)
+    assert exchange.status_code == 200
+    assert exchange.get_json()["issued"] == tokenreq_clock()
+    assert app.test_client().get("/time").get_json() == [tokenreq_clock()]
+    tokenreq_clock.advance(121_000)  # past the 120 s window, on the process clock only
+    late = tokenreq_sign(timestamp=tokenreq_clock() - 121_000)
+    refused = app.test_client().post(f"/keys/{key_name}/requestToken", json=late.to_dict())
+    assert refused.get_json()["error"]["code"] == 40104
+    assert [(e.status, e.code) for e in tokenreq_recorder.exchanges] == [(200, None), (401, 40104)]
+
+
+def test_the_clock_override_ends_with_its_block() -> None:
     fake = FakeClock(1_800_000_000_000)
+    inner = FakeClock(1_900_000_000_000)
     with clock.override(fake):
-        issuer_app = Flask(__name__)
-        issuer_app.config.update(
-            SECRET_KEY="s" * 40, TOKENREQ_KEY=KEY, TOKENREQ_ISSUER_CAPABILITY={"*": ["*"]}
-        )
-        LoginManager(issuer_app).user_loader(_User)
-
-        @issuer_app.post("/login")
-        def login() -> str:
-            login_user(_User("alice"))
-            return "ok"
-
-        TokenIssuer(issuer_app)  # no now_ms: the process clock
-        client = issuer_app.test_client()
-        client.post("/login")
-        treq = client.get("/tokenreq/token").get_json()
-        assert treq["timestamp"] == fake()
-
-        app, _ = _provider_app([KEY], MemoryNonceStore(warn=False))
-        exchange = app.test_client().post(f"/keys/{KEY_NAME}/requestToken", json=treq)
-        assert exchange.status_code == 200
-        assert exchange.get_json()["issued"] == fake()
-        fake.advance(121_000)  # past the 120 s window, on the overridden clock only
-        late = sign_token_request(KEY, timestamp=fake() - 121_000)
-        refused = app.test_client().post(f"/keys/{KEY_NAME}/requestToken", json=late.to_dict())
-        assert refused.get_json()["error"]["code"] == 40104
+        assert clock.now_ms() == fake()
+        with clock.override(inner):
+            assert clock.now_ms() == inner()
+        assert clock.now_ms() == fake()
     assert abs(clock.now_ms() - fake()) > 1_000_000  # back to the wall clock
 
 

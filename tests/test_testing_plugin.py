@@ -187,23 +187,7 @@ def test_nonce_stores_and_token_services_follow_the_clock(
     assert info.value.code == 40142
 
 
-def test_issuer_and_provider_built_without_a_clock_follow_the_fixture(
-    tokenreq_clock: ManualClock, tokenreq_key: str, tokenreq_sign: Sign
-) -> None:
-    tokenreq_clock.set(1_800_000_000_000)
-    user = issuer_app(tokenreq_key).test_client(user=User("alice"))
-    treq = user.get("/tokenreq/token").get_json()
-    assert treq["timestamp"] == 1_800_000_000_000
-
-    client = provider_app(tokenreq_key).test_client()
-    assert client.get("/time").get_json() == [1_800_000_000_000]
-    accepted = exchange(client, treq, treq["keyName"])
-    assert accepted.status_code == 200
-    assert accepted.get_json()["issued"] == 1_800_000_000_000
-    tokenreq_clock.advance(121_000)  # past the 120 s window, on the fixture's clock only
-    late = tokenreq_sign(timestamp=tokenreq_clock() - 121_000)
-    assert exchange(client, late).get_json()["error"]["code"] == 40104
-    assert exchange(client, tokenreq_sign()).status_code == 200
+# (Issuers and providers following the fixture: tests/test_extensions.py.)
 
 
 # -- tokenreq_key and tokenreq_sign ------------------------------------------------------

@@ -3,10 +3,10 @@
 - :func:`env_stack` runs ``examples/provider_app.py`` and ``examples/issuer_app.py``
   under gunicorn (2 workers each), configured only through ``TOKENREQ_*``
   environment variables, the way an outside check runs them.
-- :func:`clocked_stack` serves both apps in this process, the provider with an
-  injected :class:`~tests.conftest.FakeClock` that a client can move forward
-  through a test-only ``POST /_test/advance?ms=N`` route, and counts the
-  requests that reach the issuer's token endpoint.
+- :func:`clocked_stack` serves both apps in this process on the process clock
+  of the ``tokenreq_clock`` fixture (our pytest plugin), which a client can
+  move forward through a test-only ``POST /_test/advance?ms=N`` route, and
+  counts the requests that reach the issuer's token endpoint.
 - :func:`run_client` runs a scenario of ``client.js`` (real ably-js) and returns
   its JSON outcome.
 """
@@ -26,8 +26,7 @@ import pytest
 import requests
 from flask import Flask, request
 
-from flask_tokenreq.clock import now_ms
-from tests.conftest import FakeClock
+from flask_tokenreq.testing import ManualClock
 from tests.servers import HitCounter, run_gunicorn, serve_app
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +47,7 @@ class Stack:
     issuer_url: str
     provider_url: str
     token_hits: HitCounter | None = None
-    clock: FakeClock | None = None
+    clock: ManualClock | None = None
     #: Bearer tokens (decoded) of the channel requests the provider received.
     bearer_tokens: list[str] = field(default_factory=list)
     cookies: dict[str, str] = field(default_factory=dict)
@@ -147,17 +146,16 @@ def minimal_env_stack() -> Iterator[Stack]:
 
 
 @pytest.fixture
-def clocked_stack(tmp_path: Path) -> Iterator[Stack]:
-    """Both examples in this process; the provider runs on an injected clock.
+def clocked_stack(tmp_path: Path, tokenreq_clock: ManualClock) -> Iterator[Stack]:
+    """Both examples in this process, on the ``tokenreq_clock`` fixture's process clock.
 
-    ``POST <provider>/_test/advance?ms=N`` moves the provider's clock forward
-    (a test-only route, added here, not part of the example). The issuer keeps
-    the real clock: the TokenRequests it signs stay within the provider's
-    120 s timestamp window as long as tests advance by less than that.
+    ``POST <provider>/_test/advance?ms=N`` moves that clock forward (a
+    test-only route, added here, not part of the example); the issuer and the
+    provider both follow it, as they are built without a clock of their own.
     """
     from examples import issuer_app, provider_app
 
-    clock = FakeClock(now_ms())
+    clock = tokenreq_clock
     provider = provider_app.create_app(
         {
             "TOKENREQ_PROVIDER_KEYS": [KEY],
@@ -166,7 +164,6 @@ def clocked_stack(tmp_path: Path) -> Iterator[Stack]:
             "TOKENREQ_MESSAGES_DATABASE": f"sqlite:///{tmp_path / 'messages.sqlite3'}",
         },
         instance_path=str(tmp_path),
-        now_ms=clock,
     )
     issuer = issuer_app.create_app({"TOKENREQ_KEY": KEY, "SECRET_KEY": SESSION_SECRET})
     hits = HitCounter(issuer)
@@ -176,7 +173,7 @@ def clocked_stack(tmp_path: Path) -> Iterator[Stack]:
         yield stack
 
 
-def _add_test_hooks(app: Flask, stack: Stack, clock: FakeClock) -> None:
+def _add_test_hooks(app: Flask, stack: Stack, clock: ManualClock) -> None:
     @app.post("/_test/advance")
     def advance() -> dict[str, int]:
         clock.advance(int(request.args["ms"]))

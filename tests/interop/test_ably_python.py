@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from flask_tokenreq.testing import Recorder
 from tests.interop.conftest import Stack
 
 ably = pytest.importorskip("ably", reason="ably-python is not installed (test extra)")
@@ -103,7 +104,9 @@ def test_refusals(env_stack: Stack, unique: str) -> None:
     assert _error_code(env_stack, "alice", authorize, client_id="mallory") == 40102
 
 
-def test_renewal_after_40142(clocked_stack: Stack, unique: str) -> None:
+def test_renewal_after_40142(
+    clocked_stack: Stack, unique: str, tokenreq_recorder: Recorder
+) -> None:
     """The provider refuses the expired token (40142); ably-python renews it
     through auth_url once and retries with the new token."""
     stack = clocked_stack
@@ -126,3 +129,8 @@ def test_renewal_after_40142(clocked_stack: Stack, unique: str) -> None:
     assert stack.token_hits["/api/tokenreq/token"] == 2
     first, refused, retried = stack.bearer_tokens[:3]
     assert first == refused != retried
+    signed = tokenreq_recorder.token_requests
+    assert [(e.token_request, e.code, e.token) for e in tokenreq_recorder.exchanges] == [
+        (signed[0], None, first),
+        (signed[1], None, retried),
+    ]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from flask_tokenreq.testing import Recorder
 from tests.interop.conftest import KEY_NAME, Stack, run_client
 
 pytestmark = pytest.mark.node
@@ -213,11 +214,14 @@ def test_replayed_token_request(node: str, env_stack: Stack, unique: str) -> Non
 # -- renewal -----------------------------------------------------------------------------
 
 
-def test_renewal_through_auth_url(node: str, clocked_stack: Stack, unique: str) -> None:
+def test_renewal_through_auth_url(
+    node: str, clocked_stack: Stack, unique: str, tokenreq_recorder: Recorder
+) -> None:
     """Once the first token has expired, ably-js gets a fresh one through authUrl.
 
-    Clocks are injected on both sides (the provider's and ably-js's Date.now) and
-    moved past the expiry together: nothing waits in real time.
+    Clocks are injected on both sides (the apps' and ably-js's Date.now) and
+    moved past the expiry together: nothing waits in real time. ably-js renews
+    before it uses the expired token, so the provider refuses nothing.
     """
     stack = clocked_stack
     assert stack.token_hits is not None
@@ -243,10 +247,18 @@ def test_renewal_through_auth_url(node: str, clocked_stack: Stack, unique: str) 
         ("before", "alice"),
         ("after", "alice"),
     ]
+    # The two TokenRequests the issuer signed, each exchanged once, in order.
+    signed, exchanges = tokenreq_recorder.token_requests, tokenreq_recorder.exchanges
+    assert len(signed) == 2
+    assert [(e.token_request, e.status, e.code) for e in exchanges] == [
+        (signed[0], 200, None),
+        (signed[1], 200, None),
+    ]
+    assert [e.token for e in exchanges] == [first["token"], second["token"]]
 
 
 def test_renewal_after_40142_from_the_provider(
-    node: str, clocked_stack: Stack, unique: str
+    node: str, clocked_stack: Stack, unique: str, tokenreq_recorder: Recorder
 ) -> None:
     """The provider refuses an expired token with 40142, which tells SDKs to renew.
 
@@ -275,6 +287,12 @@ def test_renewal_after_40142_from_the_provider(
     calls = len(out["callbackCalls"])
     # Each renewal reached the issuer, and the provider minted a fresh token.
     assert stack.token_hits["/api/tokenreq/token"] == calls >= 2
+    # Every TokenRequest signed was exchanged once, accepted: the refusal was the token's.
+    signed = tokenreq_recorder.token_requests
+    assert len(signed) == calls
+    assert [(e.token_request, e.code) for e in tokenreq_recorder.exchanges] == [
+        (treq, None) for treq in signed
+    ]
     retries = stack.bearer_tokens[2:]  # after the first publish and the refused one
     assert stack.bearer_tokens[:2] == [first, first]
     if out.get("failedStep") == "secondPublish" and set(retries) == {first}:
