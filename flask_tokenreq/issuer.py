@@ -12,8 +12,9 @@
     def capability(user, request):
         return {"chat:*": ["publish", "subscribe"]}
 
-The endpoint answers a TokenRequest (default), an Ably JWT (``format=jwt``)
-or TokenDetails fetched from the provider (``format=token``). What a request
+The endpoint answers a TokenRequest (default), an Ably JWT (``format=jwt``,
+with the user's properties from ``@issuer.claims_loader`` as claims) or
+TokenDetails fetched from the provider (``format=token``). What a request
 asks for (``capability``, ``ttl``, ``clientId``) only ever narrows what the
 hooks allow. The key's secret never leaves the process: it is in no response,
 header, error message or log line. See ``docs/issuer.md``.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import math
 import re
@@ -59,9 +61,10 @@ from .errors import (
     Unauthorized,
     ably_errors,
 )
-from .http import JWT, Cors, json_response, no_store, parse_json, read_body
+from .http import JSON, JWT, Cors, json_response, no_store, parse_json, read_body
 from .keys.base import configured_key
 from .tokenrequest import TokenRequest, sign_token_request
+from .tokens import reserved_claim
 
 __all__ = [
     "DEFAULT_TTL",
@@ -94,11 +97,13 @@ ClientIdLoader = Callable[[Any], str | None]
 CapabilityLoader = Callable[[Any, Request], CapabilityLike | None]
 Authorizer = Callable[[Any, Request], bool]
 ProjectLoader = Callable[[Any, str], CapabilityLike | None]
+ClaimsLoader = Callable[[Any], Mapping[str, Any] | None]
 
 _C = TypeVar("_C", bound=ClientIdLoader)
 _K = TypeVar("_K", bound=CapabilityLoader)
 _A = TypeVar("_A", bound=Authorizer)
 _P = TypeVar("_P", bound=ProjectLoader)
+_L = TypeVar("_L", bound=ClaimsLoader)
 
 
 #: The provider could not be reached (``format=token``): 503, code 50003.
@@ -175,6 +180,7 @@ class TokenIssuer:
         self._client_id_loader: ClientIdLoader | None = None
         self._capability_loader: CapabilityLoader | None = None
         self._project_loader: ProjectLoader | None = None
+        self._claims_loader: ClaimsLoader | None = None
         self._authorizers: list[Authorizer] = []
         self.blueprint = self._make_blueprint()
         if app is not None:
@@ -245,6 +251,18 @@ class TokenIssuer:
         self._project_loader = f
         return f
 
+    def claims_loader(self, f: _L) -> _L:
+        """Register ``f(user) -> mapping | None``: the user's properties for ``format=jwt``.
+
+        They become top-level claims of the Ably JWT (e.g. ``organizationId``,
+        ``email``), which the provider shows on ``flask.g.tokenreq.claims``.
+        Setting a reserved claim (``exp``, ``iat``, ``nbf``, ``iss``, ``jti``,
+        ``kid``, ``x-ably-*``) is an error naming it (500). TokenRequests
+        carry no claims: the loader is used for ``format=jwt`` only.
+        """
+        self._claims_loader = f
+        return f
+
     def authorize(self, f: _A) -> _A:
         """Register ``f(user, request) -> bool``; falsy refuses (403), errors pass on."""
         self._authorizers.append(f)
@@ -285,10 +303,25 @@ class TokenIssuer:
         capability = self._capability(user, settings, project_id, requested_cap)
 
         if fmt == "jwt":
-            token = _ably_jwt(key, key_name, ttl, capability, client_id, state.now())
-            response = Response(token, status=200)
-            response.headers["Content-Type"] = JWT
+            claims = self._claims(user)
+            issued = state.now()
+            token, iat, exp = _ably_jwt(key, key_name, ttl, capability, client_id, issued, claims)
             logger.debug("issued JWT keyName=%s clientId=%r", key_name, client_id)
+            if request.accept_mimetypes.best_match((JWT, JSON)) == JSON:
+                # TokenDetails: what a JSON client (ably-js's authUrl included) takes.
+                details: dict[str, Any] = {
+                    "token": token,
+                    "expires": exp * 1000,
+                    "issued": iat * 1000,
+                    "capability": capability.canonical,
+                }
+                if client_id is not None:
+                    details["clientId"] = client_id
+                response = json_response(details)
+            else:
+                response = Response(token, status=200)
+                response.headers["Content-Type"] = JWT
+            response.vary.add("Accept")
             return response
         token_request = sign_token_request(
             key, ttl=ttl, capability=capability, client_id=client_id, now=state.now
@@ -335,6 +368,30 @@ class TokenIssuer:
             "Requested clientId does not match the signed-in user's clientId", status=403
         )
 
+    def _claims(self, user: Any) -> Mapping[str, Any]:
+        """The user's extra JWT claims from ``@claims_loader`` (none without one)."""
+        if self._claims_loader is None:
+            return {}
+        claims = self._claims_loader(user)
+        if claims is None:
+            return {}
+        if not isinstance(claims, Mapping):
+            raise InternalError("claims_loader must return a mapping of claim names to values")
+        for name in claims:
+            if not isinstance(name, str) or not name:
+                raise InternalError("claims_loader returned a claim name that is not a string")
+            if reserved_claim(name):
+                logger.error("claims_loader set the reserved claim %r", name)
+                raise InternalError(
+                    f"claims_loader may not set the reserved claim {name!r} "
+                    "(exp, iat, nbf, iss, jti, kid and x-ably-* say what the token is)"
+                )
+        try:
+            json.dumps(dict(claims), allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            raise InternalError("claims_loader returned a value that is not JSON") from None
+        return claims
+
     def _capability(
         self,
         user: Any,
@@ -377,18 +434,31 @@ class TokenIssuer:
 
 
 def _ably_jwt(
-    key: str, key_name: str, ttl: int, cap: Capability, client_id: str | None, issued: int
-) -> str:
-    """An Ably JWT signed HS256 with the key's secret, ``kid`` = keyName."""
+    key: str,
+    key_name: str,
+    ttl: int,
+    cap: Capability,
+    client_id: str | None,
+    issued: int,
+    extra: Mapping[str, Any],
+) -> tuple[str, int, int]:
+    """An Ably JWT signed HS256 with the key's secret, ``kid`` = keyName; and its iat, exp (s).
+
+    ``extra`` (checked by :meth:`TokenIssuer._claims`) are the user's claims.
+    """
     secret = key.partition(":")[2]
+    iat = issued // 1000
+    exp = iat + math.ceil(ttl / 1000)
     claims: dict[str, Any] = {
-        "iat": issued // 1000,
-        "exp": issued // 1000 + math.ceil(ttl / 1000),
+        **extra,
+        "iat": iat,
+        "exp": exp,
         "x-ably-capability": cap.canonical,
     }
     if client_id is not None:
         claims["x-ably-clientId"] = client_id
-    return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_name})
+    token = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_name})
+    return token, iat, exp
 
 
 # -- the browser helper ---------------------------------------------------------------

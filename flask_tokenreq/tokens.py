@@ -40,6 +40,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 import jwt
@@ -73,6 +74,22 @@ DEFAULT_MAX_TTL_MS: int = settings.SETTINGS["TOKENREQ_MAX_TTL"].default
 
 TokenKind = Literal["token", "ably-jwt", "basic"]
 
+#: Claims of an Ably JWT that say what the token is: never a user's property.
+#: (So are all claims starting with ``x-ably-``, compared without case.)
+RESERVED_CLAIMS = frozenset({"exp", "iat", "nbf", "iss", "jti", "kid"})
+_RESERVED_PREFIX = "x-ably-"
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
+def reserved_claim(name: str) -> bool:
+    """Whether ``name`` is a claim an app may not set in an Ably JWT (:data:`RESERVED_CLAIMS`)."""
+    return name in RESERVED_CLAIMS or name.lower().startswith(_RESERVED_PREFIX)
+
+
+def _no_claims() -> Mapping[str, Any]:
+    return _NO_CLAIMS
+
+
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _OUR_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _ABLY_TYPES = frozenset({"jwt", "application/jwt"})
@@ -96,6 +113,9 @@ class Identity:
     issued_ms: int | None = None
     expires_ms: int | None = None
     kind: TokenKind = "token"
+    #: The user's properties an Ably JWT carries as top-level claims (the
+    #: issuer's ``@claims_loader``), read-only; empty for other credentials.
+    claims: Mapping[str, Any] = field(default_factory=_no_claims, hash=False)
 
 
 #: ``revoked=`` of :meth:`TokenService.verify`: whether a verified token has
@@ -737,4 +757,5 @@ class TokenService:
             issued_ms=iat,
             expires_ms=exp,
             kind="ably-jwt",
+            claims=MappingProxyType({k: v for k, v in payload.items() if not reserved_claim(k)}),
         )

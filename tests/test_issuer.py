@@ -22,9 +22,9 @@ from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from flask_tokenreq import Capability, TokenRequest, verify_mac
-from flask_tokenreq.clock import now_ms
 from flask_tokenreq.errors import ConfigError, Forbidden, TokenReqError
 from flask_tokenreq.issuer import TokenIssuer
+from flask_tokenreq.testing import ManualClock
 
 from .conftest import KEY, KEY_NAME, OTHER_SECRET, SECRET, FakeClock, unavailable
 
@@ -562,9 +562,9 @@ def test_project_without_project_loader_is_400(clock: FakeClock) -> None:
 # -- format=jwt -------------------------------------------------------------------------
 
 
-def test_jwt_format() -> None:
-    clock = FakeClock(now_ms())  # real time, so pyjwt's own exp check applies
-    app, _ = make_app(clock)
+def test_jwt_format(tokenreq_clock: ManualClock) -> None:
+    clock = tokenreq_clock  # from the wall-clock time, so pyjwt's own exp check applies
+    app, _ = make_app()  # the issuer reads the process clock: the fixture's
     query = {"format": "jwt", "ttl": "120000", "capability": '{"chat":["publish","subscribe"]}'}
     response = client_for(app, "alice").get(TOKEN, query_string=query)
     assert response.status_code == 200
@@ -576,8 +576,8 @@ def test_jwt_format() -> None:
     assert header["alg"] == "HS256"
     claims = jwt.decode(token, SECRET, algorithms=["HS256"], options={"require": ["iat", "exp"]})
     assert claims == {
-        "iat": clock.ms // 1000,
-        "exp": clock.ms // 1000 + 120,
+        "iat": clock() // 1000,
+        "exp": clock() // 1000 + 120,
         "x-ably-capability": '{"chat":["publish","subscribe"]}',
         "x-ably-clientId": "alice",
     }

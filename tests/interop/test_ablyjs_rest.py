@@ -124,7 +124,7 @@ def test_auth_callback(node: str, env_stack: Stack, unique: str, fmt: str) -> No
 
 @pytest.mark.parametrize("fmt", ["token", "jwt"])
 def test_auth_url_formats(node: str, env_stack: Stack, unique: str, fmt: str) -> None:
-    """``authParams: {format}``: the issuer answers TokenDetails or a JWT to ably-js."""
+    """``authParams: {format}``: the issuer answers TokenDetails, or a JWT in TokenDetails."""
     channel = f"fmt-{fmt}-{unique}"
     options = {"authParams": {"format": fmt}}
     out = run_client(
@@ -133,6 +133,8 @@ def test_auth_url_formats(node: str, env_stack: Stack, unique: str, fmt: str) ->
     )
     _assert_round_trip(out, channel)
     assert out["authorize"]["token"].count(".") == 2
+    # ably-js asks for JSON: a JWT comes as TokenDetails, so ably-js knows when it expires.
+    assert out["authorize"]["expires"] - out["authorize"]["issued"] == 3_600_000
 
 
 def _b64url(segment: str) -> bytes:
