@@ -33,14 +33,12 @@ from markupsafe import escape
 if not __package__:  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.seed import User, add_signin, configure
+from examples.seed import User, add_sign_in, configure, username
 from flask_tokenreq import TokenIssuer, TokenProvider
 from flask_tokenreq.errors import BadRequest
 
-USERS = {
-    "alice": {"password": "alice-password", "projects": ["p1", "p2"]},
-    "bob": {"password": "bob-password", "projects": ["p1"]},
-}
+#: The projects each demo user (examples/accounts.py) may read.
+PROJECTS = {"alice": ["p1", "p2"], "bob": ["p1"]}
 #: Each project's events (what the page reads with its token).
 EVENTS = {
     "p1": [{"id": 1, "what": "report.pdf uploaded"}, {"id": 2, "what": "report.pdf archived"}],
@@ -63,9 +61,10 @@ def create_app(
         },
         overrides,
     )
-    add_signin(app, USERS)
+    add_sign_in(app)
 
     issuer = TokenIssuer(app, url_prefix="/api/archiva")  # GET /api/archiva/token?projectId=
+    issuer.client_id_loader(username)
 
     @issuer.authorize
     def needs_a_project(user: User, request: Request) -> bool:
@@ -75,7 +74,7 @@ def create_app(
 
     @issuer.project_loader
     def project(user: User, project_id: str) -> dict[str, list[str]] | None:
-        if project_id not in user.properties["projects"]:
+        if project_id not in PROJECTS.get(user.username, []):
             return None  # 403: not this user's project
         return {f"project:{project_id}": ["*"]}  # narrowed to read-only by the setting
 
@@ -101,7 +100,7 @@ def create_app(
             return _page("Archiva", SIGN_IN)
         links = "".join(
             f'<li><a href="/projects/{escape(p)}">{escape(p)}</a></li>'
-            for p in current_user.properties["projects"]
+            for p in PROJECTS.get(current_user.username, [])
         )
         return _page("Archiva", f"<p>Your projects:</p><ul>{links}</ul>")
 
@@ -135,7 +134,8 @@ SIGN_IN = """
 <script type="module">
 document.getElementById('signin').addEventListener('submit', async (event) => {
   event.preventDefault();
-  const response = await fetch('/login', { method: 'POST', body: new FormData(event.target) });
+  const body = new URLSearchParams(new FormData(event.target));  // a urlencoded form
+  const response = await fetch('/login', { method: 'POST', body });
   if (response.ok) location.reload();
   else document.getElementById('error').textContent = (await response.json()).error.message;
 });

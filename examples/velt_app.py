@@ -10,15 +10,15 @@ other than the user's own is refused (403, 40102). ::
 
     @issuer.claims_loader
     def properties(user):
-        return {"userId": user.id, "organizationId": ..., "email": ..., "isAdmin": ...}
+        return {"userId": user.username, "organizationId": ..., "email": ..., "isAdmin": ...}
 
 The API (``/api/documents/<doc>/comments``) accepts the token, reads those
 properties from ``g.tokenreq.claims`` and lets a user see the documents of
 their own organization only (403 otherwise).
 
 Run ``python examples/velt_app.py [--port 5000]`` and sign in with
-``POST /login`` as ``alice`` / ``alice-password`` (org-1, admin),
-``bob`` / ``bob-password`` (org-1) or ``carol`` / ``carol-password`` (org-2).
+``POST /login`` as ``alice`` / ``alice-password`` (org-1, admin) or
+``bob`` / ``bob-password`` (org-2).
 """
 
 from __future__ import annotations
@@ -35,29 +35,21 @@ from flask import Flask, g, request
 if not __package__:  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.seed import User, add_signin, configure
+from examples.seed import User, add_sign_in, configure, username
 from flask_tokenreq import TokenIssuer, TokenProvider
 from flask_tokenreq.errors import BadRequest, Forbidden, NotFound
 
-USERS = {
+#: The properties of each demo user (examples/accounts.py).
+PROPERTIES = {
     "alice": {
-        "password": "alice-password",
         "name": "Alice",
         "email": "alice@example.com",
         "organizationId": "org-1",
         "isAdmin": True,
     },
     "bob": {
-        "password": "bob-password",
         "name": "Bob",
         "email": "bob@example.com",
-        "organizationId": "org-1",
-        "isAdmin": False,
-    },
-    "carol": {
-        "password": "carol-password",
-        "name": "Carol",
-        "email": "carol@example.com",
         "organizationId": "org-2",
         "isAdmin": False,
     },
@@ -79,16 +71,17 @@ def create_app(
         },
         overrides,
     )
-    add_signin(app, USERS)
+    add_sign_in(app)
 
     issuer = TokenIssuer(app, url_prefix="/api/velt")  # POST /api/velt/token?format=jwt
+    issuer.client_id_loader(username)
 
     @issuer.claims_loader
     def properties(user: User) -> dict[str, Any]:
         # From the signed-in user (the session), never from the request.
-        p = user.properties
+        p = PROPERTIES[user.username]
         return {
-            "userId": user.id,
+            "userId": user.username,
             "organizationId": p["organizationId"],
             "email": p["email"],
             "name": p["name"],

@@ -5,7 +5,7 @@
 - ``examples/velt_app.py``: the token endpoint checks the session first,
   puts the user's properties in the JWT, and takes nothing about who the
   user is from the request; the API reads those properties from the token.
-- ``examples/seed.py``: the stand-in sign-in they share.
+- ``examples/seed.py``: what they share (settings, the examples' sign-in).
 
 Apps run on the plugin's ``tokenreq_clock``; their keys come from ``tokenreq_key``.
 """
@@ -193,55 +193,55 @@ def test_velt_puts_the_users_properties_in_the_token(
 def test_velt_never_reads_identity_from_the_body(velt: Flask, tokenreq_key: str) -> None:
     alice = signed_in(velt, "alice")
     forged = {
-        "userId": "carol",
+        "userId": "bob",
         "organizationId": "org-2",
         "email": "mallory@example.com",
         "name": "Mallory",
-        "isAdmin": True,
+        "isAdmin": False,
     }
     for kwargs in ({"json": forged}, {"data": forged}):
         token = velt_token(alice, **kwargs).get_json()["token"]
         claims = jwt.decode(token, parse_key(tokenreq_key)[1], algorithms=["HS256"])
         assert {k: claims[k] for k in ALICE} == ALICE
     # Asking for someone else's clientId is refused, not granted.
-    assert error_code(velt_token(alice, json={"clientId": "carol"}), 403) == 40102
+    assert error_code(velt_token(alice, json={"clientId": "bob"}), 403) == 40102
 
 
 def test_velt_api_reads_the_properties_from_the_token(velt: Flask) -> None:
     bob = signed_in(velt, "bob")
     token = bearer(velt_token(bob).get_json()["token"])
-    read = bob.get("/api/documents/roadmap/comments", headers=token)
+    read = bob.get("/api/documents/budget/comments", headers=token)
     assert read.status_code == 200
     assert read.get_json()["viewer"] == {"userId": "bob", "name": "Bob", "isAdmin": False}
     added = bob.post(
-        "/api/documents/roadmap/comments",
+        "/api/documents/budget/comments",
         json={"text": "ship it", "author": "Alice", "email": "alice@example.com"},
         headers=token,
     )
     assert added.status_code == 201
     assert added.get_json() == {"text": "ship it", "author": "Bob", "email": "bob@example.com"}
-    assert bob.get("/api/documents/roadmap/comments", headers=token).get_json()["comments"] == [
+    assert bob.get("/api/documents/budget/comments", headers=token).get_json()["comments"] == [
         added.get_json()
     ]
     # Another organization's document: refused by the organizationId claim.
-    assert error_code(bob.get("/api/documents/budget/comments", headers=token), 403) == 40300
+    assert error_code(bob.get("/api/documents/roadmap/comments", headers=token), 403) == 40300
     assert error_code(bob.get("/api/documents/nothing/comments", headers=token), 404) == 40400
-    bad = bob.post("/api/documents/roadmap/comments", json=["x"], headers=token)
+    bad = bob.post("/api/documents/budget/comments", json=["x"], headers=token)
     assert error_code(bad, 400) == 40000
     assert error_code(velt.test_client().get("/api/documents/roadmap/comments"), 401) == 40100
 
 
 def test_velt_tokens_from_token_requests_carry_no_properties(velt: Flask) -> None:
     """Only the JWT has the claims: a token made from a TokenRequest cannot pass for one."""
-    carol = signed_in(velt, "carol")
-    treq = carol.get("/api/velt/token").get_json()
-    exchanged = carol.post(f"/api/provider/keys/{treq['keyName']}/requestToken", json=treq)
+    bob = signed_in(velt, "bob")
+    treq = bob.get("/api/velt/token").get_json()
+    exchanged = bob.post(f"/api/provider/keys/{treq['keyName']}/requestToken", json=treq)
     token = bearer(exchanged.get_json()["token"])
-    response = carol.get("/api/documents/budget/comments", headers=token)
+    response = bob.get("/api/documents/budget/comments", headers=token)
     assert error_code(response, 403) == 40300  # no organizationId claim
 
 
-# -- the stand-in sign-in ----------------------------------------------------------------
+# -- the sign-in (examples/accounts.py), as the seed examples wire it -----------------------
 
 
 @pytest.mark.parametrize(
@@ -252,6 +252,7 @@ def test_velt_tokens_from_token_requests_carry_no_properties(velt: Flask) -> Non
         ({"json": {"username": "alice", "password": 1}}, 400),
         ({"json": ["alice"]}, 400),
         ({"data": b"x" * (70 * 1024), "content_type": "application/json"}, 413),
+        ({"data": b"x" * (200 * 1024), "content_type": "application/json"}, 413),
         (
             {
                 "data": {"username": "alice", "password": "alice-password"},

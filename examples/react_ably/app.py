@@ -36,18 +36,13 @@ from flask import Flask, Request, Response, render_template, send_file
 from flask_login import current_user
 
 from examples.provider_app import MessageStore, channels_blueprint
-from examples.seed import User, add_signin, configure
+from examples.seed import User, add_sign_in, configure, username
 from flask_tokenreq import TokenIssuer, TokenProvider
 from flask_tokenreq.errors import NotFound
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 #: The browser build of the ably npm package that `make node` installs.
 ABLY_JS = ROOT / "tests" / "interop" / "node_modules" / "ably" / "build" / "ably.js"
-
-USERS = {
-    "alice": {"password": "alice-password", "operations": ["publish", "subscribe", "history"]},
-    "bob": {"password": "bob-password", "operations": ["subscribe", "history"]},
-}
 
 
 def create_app(
@@ -56,13 +51,14 @@ def create_app(
     """The example; ``overrides`` are applied to ``app.config`` last."""
     app = Flask(__name__, instance_path=instance_path)
     configure(app, {"ABLY_JS": str(ABLY_JS)}, overrides)
-    add_signin(app, USERS)
+    add_sign_in(app)
 
     issuer = TokenIssuer(app, url_prefix="/api/ably")  # GET /api/ably/token
+    issuer.client_id_loader(username)
 
     @issuer.capability_loader
     def capability(user: User, request: Request) -> dict[str, list[str]]:
-        return {"*": list(user.properties["operations"])}
+        return {"*": user.operations}  # alice: publish, subscribe, history; bob: no publish
 
     provider = TokenProvider(app)  # at the root: ably-js's endpoint is this app
     database = app.config.get("TOKENREQ_MESSAGES_DATABASE")
@@ -73,7 +69,7 @@ def create_app(
 
     @app.get("/")
     def index() -> str:
-        user = current_user.id if current_user.is_authenticated else None
+        user = current_user.username if current_user.is_authenticated else None
         return render_template("index.html", user=user)
 
     @app.get("/vendor/ably.js")

@@ -2,7 +2,7 @@
 const form = document.getElementById('signin');
 form.addEventListener('submit', async (event) => {
   event.preventDefault();
-  const response = await fetch('/login', { method: 'POST', body: new FormData(form) });
+  const response = await fetch('/login', { method: 'POST', body: new URLSearchParams(new FormData(form)) });
   if (response.ok) {
     location.reload();
   } else {
