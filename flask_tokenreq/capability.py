@@ -15,7 +15,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from json.encoder import encode_basestring as _json_string
 from types import MappingProxyType
 from typing import Any
@@ -175,18 +175,38 @@ def canonical_capability(value: str | Mapping[str, Any] | Capability) -> str:
     Keys and each operation list sorted by UTF-16 code units, duplicates kept,
     compact separators, non-ASCII as is. Byte-identical to ably-js.
     """
-    return Capability.parse(value).canonical
+    if isinstance(value, Capability):
+        return value.canonical
+    if isinstance(value, str):
+        value = _decode(value)
+    return _canonical_grants(_check_structure(value))
 
 
-def _canonical_grants(grants: Mapping[str, Iterable[str]]) -> str:
-    """Canonical text of already validated grants."""
+def _canonical_grants(grants: Mapping[str, Sequence[str]]) -> str:
+    """Canonical text of already validated grants.
+
+    Written first in code-point order, which is UTF-16 order for ASCII text;
+    text with any other character is written again in UTF-16 order.
+    """
+    text = _written(grants, None)
+    if text.isascii():  # and so holds no surrogate either
+        return text
+    return _js_surrogates(_written(grants, _utf16_key))
+
+
+def _written(grants: Mapping[str, Sequence[str]], order: Callable[[str], bytes] | None) -> str:
+    """``grants`` as compact JSON, keys and operations sorted by ``order``
+    (``None``: code points), array-index keys first (see :func:`_js_key_order`)."""
     # _json_string is json's own string writer (json.dumps with ensure_ascii=False):
     # JSON.stringify's escapes, except for surrogates (see _js_surrogates).
+    resources = sorted(grants, key=order)
+    if any(map(str.isdigit, resources)):  # maybe an array index
+        resources.sort(key=_js_key_order)
     parts = []
-    for resource in sorted(grants, key=_js_key_order):
-        ops = ",".join(map(_json_string, sorted(grants[resource], key=_utf16_key)))
+    for resource in resources:
+        ops = ",".join(map(_json_string, sorted(grants[resource], key=order)))
         parts.append(f"{_json_string(resource)}:[{ops}]")
-    return _js_surrogates("{" + ",".join(parts) + "}")
+    return "{" + ",".join(parts) + "}"
 
 
 def _split_qualifier(pattern: str) -> tuple[str | None, str]:

@@ -100,6 +100,35 @@ def test_canonical_is_order_insensitive(cap: dict[str, list[str]], rnd: object) 
     assert canonical_capability(shuffled) == canonical_capability(cap)
 
 
+def _js_canonical(cap: dict[str, list[str]]) -> str:
+    """What ably-js writes, spelled out slowly: UTF-16 order everywhere, array-index
+    keys first in numeric order, compact JSON with non-ASCII as is (no surrogates here)."""
+
+    def utf16(text: str) -> bytes:
+        return text.encode("utf-16-be")
+
+    def order(key: str) -> tuple[int, int, bytes]:
+        index = key.isascii() and key.isdigit() and (key == "0" or key[0] != "0")
+        if index and int(key) <= 2**32 - 2:
+            return (0, int(key), b"")
+        return (1, 0, utf16(key))
+
+    ordered = {key: sorted(cap[key], key=utf16) for key in sorted(cap, key=order)}
+    return json.dumps(ordered, ensure_ascii=False, separators=(",", ":"))
+
+
+# ASCII names (digits and symbols that sort before them included) and characters
+# whose UTF-16 order differs from their code-point order (U+E000-U+FFFF vs astral).
+mixed_text = st.text(st.sampled_from('09*: ~aZ"\\\x01é\ue000\uff5e\U0001f600\U00010000'))
+
+
+@given(st.dictionaries(mixed_text, st.lists(mixed_text.filter(bool), max_size=4), max_size=6))
+def test_canonical_matches_the_javascript_order(cap: dict[str, list[str]]) -> None:
+    assert canonical_capability(cap) == _js_canonical(cap)
+    digits = {str(n): ["x"] for n in (10, 9, 0, 4294967294, 4294967295)}
+    assert canonical_capability({**cap, **digits}) == _js_canonical({**cap, **digits})
+
+
 @pytest.mark.parametrize(
     ("pattern", "channel", "expected"),
     [
