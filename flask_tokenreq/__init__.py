@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Identity": ".tokens",
     "InvalidCapability": ".capability",
     "KeyStore": ".keys",
-    "NonceStore": ".nonces",
+    "NonceStore": ".stores",
     "StaticKeyStore": ".keys",
     "TokenClient": ".client",
     "TokenIssuer": ".issuer",
@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "canonical_capability": ".capability",
     "current_identity": ".provider",
     "exchange": ".client",
-    "open_nonce_store": ".nonces",
+    "open_nonce_store": ".stores",
     "parse_key": ".keys",
     "request_token": ".client",
     "sign_token_request": ".tokenrequest",
@@ -94,7 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .http import ably_request_data, ably_response
     from .issuer import TokenIssuer
     from .keys import ApiKey, KeyStore, StaticKeyStore, parse_key
-    from .nonces import NonceStore, open_nonce_store
     from .provider import TokenProvider, current_identity
+    from .stores import NonceStore, open_nonce_store
     from .tokenrequest import TokenRequest, sign_token_request, verify_mac
     from .tokens import Identity

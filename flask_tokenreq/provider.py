@@ -75,7 +75,7 @@ from .tokenrequest import MIN_NONCE_LENGTH, InvalidTokenRequest, TokenRequest, v
 from .tokens import Identity, IssuedToken, TokenService
 
 if TYPE_CHECKING:
-    from .nonces import NonceStore
+    from .stores import NonceStore
 
 log = logging.getLogger("flask_tokenreq.provider")
 audit_log = logging.getLogger("flask_tokenreq.audit")
@@ -204,7 +204,7 @@ class TokenProvider:
         if self._nonces_arg is not None:
             store = self._nonces_arg
         else:
-            from .nonces import default_nonce_store_url, open_nonce_store
+            from .stores import default_nonce_store_url, open_nonce_store
 
             url = cfg.read(config, "TOKENREQ_NONCE_STORE") or default_nonce_store_url(
                 app.instance_path

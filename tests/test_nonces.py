@@ -28,16 +28,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_tokenreq.errors import ConfigError, StoreUnavailable
-from flask_tokenreq.nonces import (
+from flask_tokenreq.stores import (
     SETTING,
-    MemoryNonceStore,
     NonceStore,
-    RedisNonceStore,
-    SqlNonceStore,
     default_nonce_store_url,
     open_nonce_store,
     redact_url,
 )
+from flask_tokenreq.stores.memory import MemoryNonceStore
+from flask_tokenreq.stores.redis import RedisNonceStore
+from flask_tokenreq.stores.sql import SqlNonceStore
 
 from .conftest import ROOT, FakeClock, unavailable
 
@@ -318,7 +318,7 @@ def test_32_threads_one_winner_over_an_expired_claim(backend: Backend, clock: Fa
 
 WORKER = r"""
 import json, sys
-from flask_tokenreq.nonces import open_nonce_store
+from flask_tokenreq.stores import open_nonce_store
 url, key_name, count, now, reverse = sys.argv[1:6]
 count, now = int(count), int(now)
 store = open_nonce_store(url, now_ms=lambda: now)
@@ -801,6 +801,96 @@ def test_default_url_is_sqlite_in_the_instance_folder(tmp_path: Path, clock: Fak
     # WAL mode is a property of the file: every worker's connection shares it.
     with contextlib.closing(sqlite3.connect(instance / "tokenreq-nonces.sqlite3")) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter with this checkout first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_importing_the_stores_loads_no_driver(tmp_path: Path) -> None:
+    """SQLAlchemy, redis-py and psycopg are imported when a store needs them, not before."""
+    code = f"""
+import sys
+DRIVERS = ("sqlalchemy", "redis", "psycopg")
+def loaded():
+    return sorted({{m.split(".")[0] for m in sys.modules}} & set(DRIVERS))
+import flask_tokenreq, flask_tokenreq.stores
+from flask_tokenreq.stores import open_nonce_store, NonceStore, default_nonce_store_url
+print(loaded())
+open_nonce_store("memory://").close()
+print(loaded())
+open_nonce_store("sqlite:///{tmp_path / "lazy.sqlite3"}").close()
+print(loaded())
+open_nonce_store("redis://127.0.0.1:1/0").close()
+print(loaded())
+"""
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "[]",
+        "[]",
+        "['sqlalchemy']",
+        "['redis', 'sqlalchemy']",
+    ]
+
+
+def test_missing_redis_driver_is_a_config_error() -> None:
+    code = """
+import sys
+sys.modules["redis"] = None  # as if redis-py were not installed
+from flask_tokenreq.errors import ConfigError
+from flask_tokenreq.stores import open_nonce_store
+try:
+    open_nonce_store("redis://127.0.0.1:6379/0")
+except ConfigError as exc:
+    print(exc)
+"""
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "TOKENREQ_NONCE_STORE" in result.stdout
+    assert "pip install 'flask-tokenreq[redis]'" in result.stdout
+
+
+def test_scheme_table_and_sqlalchemy_fallback(tmp_path: Path) -> None:
+    """Schemes are looked up without their ``+driver``; others go to SQLAlchemy."""
+    from flask_tokenreq.stores import SCHEMES
+
+    assert {"memory", "redis", "rediss", "unix", "sqlite", "postgresql", "postgres"} <= set(SCHEMES)
+    store = open_nonce_store(f"sqlite+pysqlite:///{tmp_path / 'driver.sqlite3'}")
+    assert isinstance(store, SqlNonceStore)
+    store.close()
+    with pytest.raises(ConfigError, match="unsupported URL scheme"):
+        open_nonce_store("nosuchdb://host/db")
+
+
+def test_old_module_name_still_works_with_a_deprecation_warning() -> None:
+    code = """
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    from flask_tokenreq.nonces import open_nonce_store, SqlNonceStore, REDIS_KEY_PREFIX
+import flask_tokenreq.stores as stores
+import flask_tokenreq.stores.sql as sql
+assert open_nonce_store is stores.open_nonce_store
+assert SqlNonceStore is sql.SqlNonceStore
+print(REDIS_KEY_PREFIX)
+print([str(w.message) for w in caught if w.category is DeprecationWarning])
+"""
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "tokenreq:nonce:"
+    assert "flask_tokenreq.stores" in lines[1]
 
 
 @pytest.mark.parametrize(

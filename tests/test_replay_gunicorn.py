@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from examples import provider_app
 from flask_tokenreq import sign_token_request
 from flask_tokenreq.client import bearer
-from flask_tokenreq.nonces import REDIS_KEY_PREFIX, nonces_table
+from flask_tokenreq.stores.redis import REDIS_KEY_PREFIX
+from flask_tokenreq.stores.sql import nonces_table
 
 from .conftest import SECRET
 from .servers import run_gunicorn, serve_app

@@ -1,0 +1,379 @@
+"""SQLAlchemy URLs (``sqlite:///path``, ``postgresql://...``, others): a table of claims."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from ..clock import Clock, now_ms
+from ..errors import ConfigError, StoreUnavailable
+from .base import (
+    CONNECT_TIMEOUT_S,
+    MAX_KEY_NAME_LENGTH,
+    SETTING,
+    at_fork_in_child,
+    check_args,
+    describe,
+    effective_expiry,
+    logger,
+    nonce_digest,
+    redact_url,
+)
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "STATEMENT_TIMEOUT_MS",
+    "SqlNonceStore",
+    "nonce_metadata",
+    "nonces_table",
+]
+
+#: Milliseconds a PostgreSQL statement (including lock waits) may take.
+STATEMENT_TIMEOUT_MS = 5000
+#: Milliseconds SQLite waits for another connection's write lock.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+_T = TypeVar("_T")
+
+#: Metadata holding :data:`nonces_table` (for migrations or ``create_all``).
+nonce_metadata = sa.MetaData()
+
+#: One row per live claim. ``nonce`` holds the hex SHA-256 of the nonce.
+nonces_table = sa.Table(
+    "tokenreq_nonces",
+    nonce_metadata,
+    sa.Column("key_name", sa.String(MAX_KEY_NAME_LENGTH), primary_key=True),
+    sa.Column("nonce", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_tokenreq_nonces_expires_at", "expires_at"),
+    sqlite_with_rowid=False,
+)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection SQLite settings: wait for locks, WAL for concurrent workers."""
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL needs a lock another process may hold.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _postgres_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection PostgreSQL settings: a statement (or lock wait) cannot hang."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+    # A plain SET inside a transaction that is later rolled back is undone.
+    dbapi_connection.commit()
+
+
+def _sql_url(url: str, instance_path: str | None) -> sa.URL:
+    """Parse a SQLAlchemy URL, map ``postgres(ql)://`` to psycopg 3, place relative SQLite files."""
+    try:
+        u = sa.make_url(url)
+    except Exception:
+        raise ConfigError(f"{SETTING}: cannot parse the URL {redact_url(url)!r}") from None
+    if u.drivername in ("postgres", "postgresql"):
+        u = u.set(drivername="postgresql+psycopg")
+    if u.get_backend_name() == "sqlite":
+        database = u.database or ""
+        if (
+            database in ("", ":memory:")
+            or "mode=memory" in database
+            or u.query.get("mode") == "memory"
+        ):
+            raise ConfigError(
+                f"{SETTING}: an in-memory SQLite database is not shared between connections; "
+                "use a file (sqlite:///path) or memory://"
+            )
+        if not database.startswith("file:") and not os.path.isabs(database) and instance_path:
+            database = os.path.join(instance_path, database)
+            # A failure here shows as StoreUnavailable when the file cannot be opened.
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(database), exist_ok=True)
+            u = u.set(database=database)
+    return u
+
+
+def _upsert_statement(backend: str) -> Any:
+    """The claim statement (see :class:`SqlNonceStore`), with bind parameters
+    ``key_name``, ``nonce``, ``expires_at`` and ``now``."""
+    t = nonces_table
+    dialect_insert = pg_dialect.insert if backend == "postgresql" else sqlite_dialect.insert
+    ins = dialect_insert(t).values(
+        key_name=sa.bindparam("key_name"),
+        nonce=sa.bindparam("nonce"),
+        expires_at=sa.bindparam("expires_at"),
+    )
+    return ins.on_conflict_do_update(
+        index_elements=[t.c.key_name, t.c.nonce],
+        set_={"expires_at": ins.excluded.expires_at},
+        where=t.c.expires_at < sa.bindparam("now"),
+    ).execution_options(preserve_rowcount=True)  # rows written: 1 claimed, 0 refused
+
+
+class SqlNonceStore:
+    """Nonces in the ``tokenreq_nonces`` table of any SQLAlchemy database.
+
+    On SQLite and PostgreSQL a claim is one statement, run in autocommit mode
+    (a single statement is its own transaction; its commit is flushed like
+    any other)::
+
+        INSERT INTO tokenreq_nonces (key_name, nonce, expires_at) VALUES (...)
+        ON CONFLICT (key_name, nonce) DO UPDATE SET expires_at = excluded.expires_at
+        WHERE tokenreq_nonces.expires_at < :now
+
+    One row is written when the pair was new or its old claim had expired;
+    none when a live claim holds it. Other databases insert and treat the
+    integrity error as "already claimed" (then delete-if-expired and insert
+    once more). Expired rows are purged in bounded batches at most once per
+    ``purge_interval_ms`` of the injected clock.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        now_ms: Clock = now_ms,
+        instance_path: str | None = None,
+        purge_interval_ms: int = 5000,
+        purge_batch: int = 1000,
+        upsert: bool | None = None,
+    ) -> None:
+        self._now = now_ms
+        u = _sql_url(url, instance_path)
+        self.url = u.render_as_string(hide_password=True)
+        self._backend = u.get_backend_name()
+        # No pool_pre_ping: a "SELECT 1" round trip before every claim costs as
+        # much as the claim itself. A connection found dead instead (database
+        # restarted, connections killed) is retried once on a fresh pool: see
+        # _guard.
+        kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_timeout": 10}
+        connect_args: dict[str, Any] = {}
+        if self._backend == "sqlite":
+            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
+        elif self._backend == "postgresql" and "connect_timeout" not in u.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        if self._backend in ("sqlite", "postgresql"):
+            # Every statement is its own transaction: a claim is one statement,
+            # so no separate BEGIN and COMMIT (one round trip on PostgreSQL).
+            kwargs["isolation_level"] = "AUTOCOMMIT"
+        try:
+            self._engine = sa.create_engine(u, connect_args=connect_args, **kwargs)
+        except ImportError as exc:
+            raise ConfigError(
+                f"{SETTING}: the database driver for {self.url!r} is not installed ({exc.name})"
+            ) from None
+        except sa.exc.NoSuchModuleError:
+            raise ConfigError(
+                f"{SETTING}: unsupported URL scheme in {self.url!r}; use memory://, "
+                "sqlite:///path, postgresql://..., another SQLAlchemy URL, or redis://..."
+            ) from None
+        except sa.exc.ArgumentError as exc:
+            raise ConfigError(f"{SETTING}: invalid database URL {self.url!r}: {exc}") from None
+        if self._backend == "sqlite":
+            sa.event.listen(self._engine, "connect", _sqlite_on_connect)
+        elif self._backend == "postgresql":
+            sa.event.listen(self._engine, "connect", _postgres_on_connect)
+        if upsert is None:
+            upsert = self._backend in ("sqlite", "postgresql")
+        self._upsert = _upsert_statement(self._backend) if upsert else None
+        self._purge_interval_ms = purge_interval_ms
+        self._purge_batch = purge_batch
+        self._next_purge_ms: int | None = None
+        self._purge_lock = threading.Lock()
+        self._init_lock = threading.Lock()
+        self._ready = False
+        at_fork_in_child(self, SqlNonceStore._after_fork)
+        try:
+            self._setup()
+        except Exception as exc:
+            # Not fatal: a database that is down at start-up must not stop the
+            # app; the first claim that reaches it sets it up.
+            logger.warning(
+                "nonce store %s is not reachable yet (%s); claims fail with 503 until it is",
+                self.url,
+                describe(exc),
+            )
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, now_ms: Clock = now_ms, instance_path: str | None = None
+    ) -> SqlNonceStore:
+        """The store for a SQLAlchemy URL (relative SQLite paths go into ``instance_path``)."""
+        return cls(url, now_ms=now_ms, instance_path=instance_path)
+
+    def _after_fork(self) -> None:
+        # Drop (without closing) connections inherited from the parent process.
+        self._engine.dispose(close=False)
+        self._purge_lock = threading.Lock()
+        self._init_lock = threading.Lock()
+
+    # -- the public API
+
+    def claim(self, key_name: str, nonce: str, expires_at_ms: int) -> bool:
+        check_args(key_name, nonce, expires_at_ms)
+        digest = nonce_digest(nonce).hex()
+        claimed = self._guard(lambda: self._claim(key_name, digest, expires_at_ms))
+        self._maybe_purge()
+        return claimed
+
+    def ping(self) -> None:
+        def check() -> None:
+            self._setup()
+            with self._engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+
+        self._guard(check)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def count(self) -> int:
+        """Rows in the table (live and not yet purged); for tests and monitoring."""
+
+        def run() -> int:
+            self._setup()
+            with self._engine.connect() as conn:
+                n = conn.execute(sa.select(sa.func.count()).select_from(nonces_table)).scalar()
+            return int(n or 0)
+
+        return self._guard(run)
+
+    def __repr__(self) -> str:
+        return f"SqlNonceStore({self.url!r})"
+
+    # -- internals
+
+    def _guard(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn``; turn any backend failure into :class:`StoreUnavailable`.
+
+        When SQLAlchemy finds the connection dead (it then invalidates it),
+        the pool is replaced and ``fn`` runs once more, on a new connection.
+        That is safe for a claim: had the lost attempt committed, the retry
+        finds its row and refuses the nonce (fail closed); it never accepts
+        one twice.
+        """
+        try:
+            try:
+                return fn()
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                self._engine.dispose()
+                return fn()
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            logger.warning("nonce store %s failed: %s", self.url, describe(exc))
+            raise StoreUnavailable(
+                f"Nonce store unavailable ({self._backend} at {self.url}): {type(exc).__name__}"
+            ) from exc
+
+    def _setup(self) -> None:
+        """Create the table if missing; tolerate another process creating it at the same time."""
+        if self._ready:
+            return
+        with self._init_lock:
+            if self._ready:
+                return
+            for attempt in range(3):
+                try:
+                    with self._engine.connect() as conn:
+                        conn = conn.execution_options(isolation_level=conn.default_isolation_level)
+                        with conn.begin():
+                            nonce_metadata.create_all(conn, checkfirst=True)
+                    break
+                except sa.exc.DBAPIError:
+                    # Lost a CREATE TABLE race ("already exists") or the database
+                    # is down; only the first case finds the table now.
+                    if sa.inspect(self._engine).has_table(nonces_table.name):
+                        break
+                    if attempt == 2:
+                        raise
+            self._ready = True
+
+    def _claim(self, key_name: str, digest: str, expires_at_ms: int) -> bool:
+        self._setup()
+        now = self._now()
+        values = {
+            "key_name": key_name,
+            "nonce": digest,
+            "expires_at": effective_expiry(expires_at_ms, now),
+        }
+        if self._upsert is not None:
+            with self._engine.begin() as conn:
+                return conn.execute(self._upsert, {**values, "now": now}).rowcount == 1
+        # Portable path: the primary key decides; never check-then-insert.
+        if self._try_insert(values):
+            return True
+        t = nonces_table
+        with self._engine.begin() as conn:
+            deleted = conn.execute(
+                sa.delete(t).where(
+                    t.c.key_name == key_name, t.c.nonce == digest, t.c.expires_at < now
+                )
+            ).rowcount
+        # Only the caller whose DELETE removed the expired row may insert again;
+        # if a third caller's insert got in first, the primary key refuses ours.
+        return deleted > 0 and self._try_insert(values)
+
+    def _try_insert(self, values: dict[str, Any]) -> bool:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(nonces_table).values(values))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def _maybe_purge(self) -> None:
+        """Delete a bounded batch of expired rows, at most once per interval.
+
+        A full batch schedules the next one for the next claim, so a backlog
+        drains a batch per claim. Failures are logged, not raised: the claim
+        itself already committed.
+        """
+        now = self._now()
+        if self._next_purge_ms is not None and now < self._next_purge_ms:
+            return
+        if not self._purge_lock.acquire(blocking=False):
+            return  # another thread of this process is purging
+        try:
+            self._next_purge_ms = now + self._purge_interval_ms
+            if self._delete_expired(now) >= self._purge_batch:
+                self._next_purge_ms = now
+        except Exception as exc:
+            logger.warning(
+                "nonce store %s: purging expired rows failed: %s", self.url, describe(exc)
+            )
+        finally:
+            self._purge_lock.release()
+
+    def _delete_expired(self, now: int) -> int:
+        """Delete up to about ``purge_batch`` rows expired at ``now``; how many."""
+        t = nonces_table
+        with self._engine.begin() as conn:
+            # The expiry of the batch-th oldest expired row bounds this DELETE
+            # (portable: no LIMIT in DELETE; rows tied with it go too); both
+            # statements use the expires_at index.
+            cutoff = conn.execute(
+                sa.select(t.c.expires_at)
+                .where(t.c.expires_at < now)
+                .order_by(t.c.expires_at)
+                .offset(self._purge_batch - 1)
+                .limit(1)
+            ).scalar()
+            bound = now - 1 if cutoff is None else int(cutoff)
+            return int(conn.execute(sa.delete(t).where(t.c.expires_at <= bound)).rowcount)
