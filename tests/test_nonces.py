@@ -484,6 +484,41 @@ def test_redis_ttl_is_relative_to_the_injected_clock(
         _redis_cleanup(redis_url, kn)
 
 
+def test_redis_claim_is_judged_on_the_injected_clock_not_the_servers(
+    redis_url: str, unique: str, clock: FakeClock
+) -> None:
+    """Redis expires keys on its own clock. A claim whose expiry is already past
+    stays live for the rest of its millisecond on the injected clock, however
+    far the server's clock moves meanwhile (a 1 ms TTL made this race: issue 8).
+
+    The server's clock is not injectable, so the test waits for it to move on
+    by a few milliseconds, reading it with ``TIME`` (no sleep)."""
+    import redis
+
+    kn = f"app{unique}.key"
+    store = open_nonce_store(redis_url, now_ms=clock)
+    client = redis.Redis.from_url(redis_url)
+
+    def server_ms() -> int:
+        seconds, micros = client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    try:
+        assert store.claim(kn, "nonce-server-clock-01", clock() - 5_000) is True
+        start = server_ms()
+        while server_ms() < start + 3:
+            pass
+        assert store.claim(kn, "nonce-server-clock-01", clock() - 5_000) is False
+        assert store.claim(kn, "nonce-server-clock-01", clock() + WINDOW) is False
+        clock.advance(1)
+        assert store.claim(kn, "nonce-server-clock-01", clock() + WINDOW) is True
+        assert store.claim(kn, "nonce-server-clock-01", clock() + WINDOW) is False
+    finally:
+        client.close()
+        store.close()
+        _redis_cleanup(redis_url, kn)
+
+
 def test_redis_reclaim_after_expiry_replaces_the_key(redis_url: str, unique: str) -> None:
     """Claims over many windows keep one key per nonce, each with a fresh TTL."""
     kn = f"app{unique}.key"

@@ -22,12 +22,20 @@ from .base import (
     redact_url,
 )
 
-__all__ = ["REDIS_KEY_PREFIX", "SOCKET_TIMEOUT_S", "RedisNonceStore"]
+__all__ = ["MIN_TTL_MS", "REDIS_KEY_PREFIX", "SOCKET_TIMEOUT_S", "RedisNonceStore"]
 
 #: Prefix of every Redis key this module writes.
 REDIS_KEY_PREFIX = "tokenreq:nonce:"
 #: Seconds a Redis command may take before failing.
 SOCKET_TIMEOUT_S = 2.0
+#: Shortest real-time TTL given to a key, in milliseconds. Redis expires keys
+#: on its own clock; the claim's liveness is judged on the injected clock from
+#: the expiry stored in the value. The floor keeps a key that short claims
+#: (an expiry at or before ``now``: 1 ms) would give Redis long enough to
+#: outlive the time between reading the clock and Redis applying the command
+#: (bounded by the socket timeout), so Redis never drops a claim that the
+#: injected clock still holds live.
+MIN_TTL_MS = 5_000
 
 
 class RedisNonceStore:
@@ -36,9 +44,9 @@ class RedisNonceStore:
     The key is ``tokenreq:nonce:<key_name>:<hex sha256(nonce)>`` (unambiguous:
     the digest has a fixed length and no ``:``). The value is
     ``<expires_at_ms>:<random token>``. The TTL is relative,
-    ``expires_at_ms - now_ms() + 1`` on the injected clock, so a clock
-    offset between the app and Redis (or a test clock) does not shorten or
-    stretch a claim. When ``SET NX`` finds the key,
+    ``expires_at_ms - now_ms() + 1`` on the injected clock (at least
+    :data:`MIN_TTL_MS`), so a clock offset between the app and Redis (or a test
+    clock) does not shorten or stretch a claim. When ``SET NX`` finds the key,
     the expiry stored in its value decides on the injected clock: a live claim
     refuses; an expired one is replaced under ``WATCH``/``MULTI``.
     """
@@ -87,7 +95,7 @@ class RedisNonceStore:
     def _claim_once(self, key: bytes, expires_at_ms: int, token: str) -> bool:
         now = self._now()
         expiry = effective_expiry(expires_at_ms, now)
-        ttl = expiry - now + 1  # live through expiry inclusive
+        ttl = max(expiry - now + 1, MIN_TTL_MS)  # live through expiry inclusive
         value = f"{expiry}:{token}".encode()
         if self._client.set(key, value, nx=True, px=ttl):
             return True
