@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -382,6 +383,56 @@ def test_processes_claim_each_nonce_exactly_once(backend: Backend) -> None:
     # each nonce was won exactly once. How the wins split between processes is up
     # to the scheduler (one fast process may win them all), so it is not asserted.
     assert won == list(range(count))
+
+
+def _cold_start(url: str, barrier: Any, results: Any, now: int) -> None:
+    """One worker's boot: open the store when the others do, then claim at once."""
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logging.getLogger("flask_tokenreq").addHandler(Collect(logging.WARNING))
+    try:
+        barrier.wait(timeout=60)
+        store = open_nonce_store(url, now_ms=lambda: now)
+        claimed = store.claim("app.key", "nonce-cold-start-01", now + WINDOW)
+        store.close()
+        results.put(("claimed" if claimed else "refused", records))
+    except BaseException as exc:
+        results.put((f"{type(exc).__name__}: {exc}", records))
+
+
+def test_sqlite_cold_starts_of_4_processes(tmp_path: Path) -> None:
+    """50 cold starts: 4 processes open a store on a fresh SQLite file at the same
+    instant (a barrier), as gunicorn workers boot, and claim one nonce at once.
+
+    Every open and every first claim works, without a warning, and exactly one
+    process wins. (SQLite answers the switch to WAL mode on a fresh file with
+    "database is locked" at once when another connection is switching too.)
+    """
+    ctx = multiprocessing.get_context("fork")
+    now = FakeClock()()
+    failures = []
+    for round_ in range(50):
+        url = f"sqlite:///{tmp_path / f'cold-{round_:02d}.sqlite3'}"
+        barrier = ctx.Barrier(4)
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=_cold_start, args=(url, barrier, results, now)) for _ in range(4)
+        ]
+        for p in procs:
+            p.start()
+        outcomes = sorted(
+            (outcome, tuple(logs)) for outcome, logs in (results.get(timeout=120) for _ in procs)
+        )
+        for p in procs:
+            p.join(timeout=60)
+        exits = [p.exitcode for p in procs]
+        if outcomes != [("claimed", ())] + [("refused", ())] * 3 or exits != [0] * 4:
+            failures.append((round_, outcomes, exits))
+    assert failures == []
 
 
 def test_memory_store_is_per_process(unique: str) -> None:

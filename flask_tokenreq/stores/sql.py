@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -26,6 +26,11 @@ from .base import (
     nonce_digest,
     redact_url,
 )
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
@@ -58,12 +63,16 @@ nonces_table = sa.Table(
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Per-connection SQLite settings: wait for locks, WAL for concurrent workers."""
+    """Per-connection SQLite settings: every commit is flushed to disk.
+
+    ``synchronous=FULL`` is SQLite's usual default; it is set anyway so that a
+    build compiled with another default cannot weaken replay protection after
+    a power loss. (The busy timeout comes from ``connect(timeout=...)``; WAL
+    mode is a property of the file, set once in :meth:`SqlNonceStore._setup`.)
+    """
     cursor = dbapi_connection.cursor()
     try:
-        # busy_timeout first: switching to WAL needs a lock another process may hold.
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
     finally:
         cursor.close()
 
@@ -124,6 +133,48 @@ def _upsert_statement(backend: str) -> Any:
     ).execution_options(preserve_rowcount=True)  # rows written: 1 claimed, 0 refused
 
 
+class _HostLock:
+    """An exclusive lock for every process and thread of this host that uses one SQLite file.
+
+    ``fcntl.flock`` on a side file (``<database>.lock``) plus a thread lock
+    (``flock`` does not exclude threads that share a file descriptor). A
+    waiter sleeps in the kernel and is woken when the holder releases the
+    lock, instead of polling as SQLite's busy handler does.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        assert fcntl is not None
+        with self._thread_lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def after_fork(self) -> None:
+        # The inherited descriptor shares the parent's lock: open our own.
+        self._thread_lock = threading.Lock()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class SqlNonceStore:
     """Nonces in the ``tokenreq_nonces`` table of any SQLAlchemy database.
 
@@ -140,6 +191,10 @@ class SqlNonceStore:
     integrity error as "already claimed" (then delete-if-expired and insert
     once more). Expired rows are purged in bounded batches at most once per
     ``purge_interval_ms`` of the injected clock.
+
+    SQLite: the file is switched to WAL mode and the table created once,
+    under an exclusive lock on a side file shared by every process of the
+    host, so that many workers opening a fresh file at once cannot fail.
     """
 
     def __init__(
@@ -162,8 +217,12 @@ class SqlNonceStore:
         # _guard.
         kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_timeout": 10}
         connect_args: dict[str, Any] = {}
+        self._host_lock: _HostLock | None = None
         if self._backend == "sqlite":
             connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
+            database = u.database or ""
+            if fcntl is not None and not database.startswith("file:"):
+                self._host_lock = _HostLock(database + ".lock")
         elif self._backend == "postgresql" and "connect_timeout" not in u.query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
         if self._backend in ("sqlite", "postgresql"):
@@ -220,6 +279,8 @@ class SqlNonceStore:
         self._engine.dispose(close=False)
         self._purge_lock = threading.Lock()
         self._init_lock = threading.Lock()
+        if self._host_lock is not None:
+            self._host_lock.after_fork()
 
     # -- the public API
 
@@ -240,6 +301,8 @@ class SqlNonceStore:
 
     def close(self) -> None:
         self._engine.dispose()
+        if self._host_lock is not None:
+            self._host_lock.close()
 
     def count(self) -> int:
         """Rows in the table (live and not yet purged); for tests and monitoring."""
@@ -282,27 +345,49 @@ class SqlNonceStore:
                 f"Nonce store unavailable ({self._backend} at {self.url}): {type(exc).__name__}"
             ) from exc
 
+    @contextlib.contextmanager
+    def _host_exclusive(self) -> Iterator[None]:
+        """Hold the host-wide lock of a SQLite file (nothing for other databases)."""
+        if self._host_lock is None:
+            yield
+        else:
+            with self._host_lock.hold():
+                yield
+
     def _setup(self) -> None:
-        """Create the table if missing; tolerate another process creating it at the same time."""
+        """Once: WAL mode (SQLite) and the table, safe against other processes doing the same.
+
+        SQLite answers ``PRAGMA journal_mode = WAL`` on a fresh file with
+        "database is locked" at once, without waiting, when another connection
+        is switching it too; the host lock makes the processes take turns.
+        Servers (PostgreSQL) may still race on ``CREATE TABLE``: the loser finds
+        the table and goes on.
+        """
         if self._ready:
             return
         with self._init_lock:
             if self._ready:
                 return
-            for attempt in range(3):
-                try:
+            with self._host_exclusive():
+                if self._backend == "sqlite":
                     with self._engine.connect() as conn:
-                        conn = conn.execution_options(isolation_level=conn.default_isolation_level)
-                        with conn.begin():
-                            nonce_metadata.create_all(conn, checkfirst=True)
-                    break
-                except sa.exc.DBAPIError:
-                    # Lost a CREATE TABLE race ("already exists") or the database
-                    # is down; only the first case finds the table now.
-                    if sa.inspect(self._engine).has_table(nonces_table.name):
+                        conn.exec_driver_sql("PRAGMA journal_mode = WAL").all()
+                for attempt in range(3):
+                    try:
+                        with self._engine.connect() as conn:
+                            conn = conn.execution_options(
+                                isolation_level=conn.default_isolation_level
+                            )
+                            with conn.begin():
+                                nonce_metadata.create_all(conn, checkfirst=True)
                         break
-                    if attempt == 2:
-                        raise
+                    except sa.exc.DBAPIError:
+                        # Lost a CREATE TABLE race ("already exists") or the
+                        # database is down; only the first case finds the table.
+                        if sa.inspect(self._engine).has_table(nonces_table.name):
+                            break
+                        if attempt == 2:
+                            raise
             self._ready = True
 
     def _claim(self, key_name: str, digest: str, expires_at_ms: int) -> bool:
