@@ -501,6 +501,45 @@ def test_sql_purge_cost_is_bounded(tmp_path: Path, clock: FakeClock) -> None:
     store.close()
 
 
+@backends(ALL_BACKENDS)
+def test_purge_deletes_every_expired_claim(backend: Backend, clock: FakeClock) -> None:
+    """``purge()`` (for ``flask tokenreq nonces purge``) deletes every expired claim
+    and nothing live; SQL stores work through the backlog in batches."""
+    kwargs: dict[str, Any] = {}
+    if backend.name.startswith(("sqlite", "postgres")):
+        kwargs = {"purge_batch": 7, "purge_interval_ms": 10**9}  # no purge while claiming
+    store = backend.open(clock, **kwargs)
+    kn = backend.key_name
+    start = clock()
+    for i in range(30):
+        assert store.claim(kn, f"nonce-purge-short-{i:04d}", start + 1_000 + i)
+    for i in range(5):
+        assert store.claim(kn, f"nonce-purge-long-{i:04d}", start + 60_000)
+
+    def held() -> int:
+        if isinstance(store, MemoryNonceStore):
+            return len(store)
+        assert isinstance(store, SqlNonceStore)
+        return store.count()
+
+    clock.ms = start + 1_000  # every claim is live (through its expires_at)
+    assert store.purge() == 0
+    clock.ms = start + 1_015  # offsets 0..14 expired, 15..29 live
+    if backend.name == "redis":
+        assert store.purge() == 0  # Redis expires keys by itself
+    else:
+        assert store.purge() == 15  # 7 + 7 + 1 in batches on SQL
+        assert held() == 15 + 5
+        assert store.purge() == 0
+    # Nothing live was deleted: those nonces are still refused.
+    assert store.claim(kn, "nonce-purge-short-0015", start + 60_000) is False
+    assert store.claim(kn, "nonce-purge-long-0000", start + 60_000) is False
+    assert store.claim(kn, "nonce-purge-short-0000", start + 60_000) is True  # expired
+    if backend.name != "redis":
+        assert store.purge(now=start + 60_001) == 15 + 5 + 1  # an explicit time
+        assert held() == 0
+
+
 def _redis_keys(url: str, key_name: str) -> dict[bytes, int]:
     import redis
 

@@ -44,7 +44,7 @@ _T = TypeVar("_T")
 
 @runtime_checkable
 class NonceStore(Protocol):
-    """What the provider needs from a nonce store."""
+    """What the provider (and ``flask tokenreq nonces purge``) needs from a nonce store."""
 
     def claim(self, key_name: str, nonce: str, expires_at_ms: int) -> bool:
         """Claim ``(key_name, nonce)`` atomically.
@@ -53,6 +53,13 @@ class NonceStore(Protocol):
         and including its ``expires_at_ms``, on the store's injected clock).
         A backend failure raises :class:`~flask_tokenreq.errors.StoreUnavailable`,
         never ``True``.
+        """
+        ...
+
+    def purge(self, now: int | None = None) -> int:
+        """Delete every claim expired at ``now`` (default: the injected clock); how many.
+
+        Stores whose backend expires entries by itself (Redis) return 0.
         """
         ...
 

@@ -61,6 +61,11 @@ class MemoryNonceStore:
             heapq.heappush(self._heap, (expiry, *entry))
             return True
 
+    def purge(self, now: int | None = None) -> int:
+        """Drop every entry expired at ``now`` (default: the injected clock); how many."""
+        with self._lock:
+            return self._drop_expired(self._now() if now is None else now, None)
+
     def _drop_expired(self, now: int, limit: int | None) -> int:
         """Drop entries whose claim expired before ``now``: all, or up to ``limit`` heap items."""
         heap, live = self._heap, self._live

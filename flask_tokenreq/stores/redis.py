@@ -124,6 +124,10 @@ class RedisNonceStore:
                     continue  # the key changed under us: look again
         return False  # still contended after three looks: refuse (fail closed)
 
+    def purge(self, now: int | None = None) -> int:
+        """Nothing to do: Redis expires keys by itself. Returns 0."""
+        return 0
+
     def ping(self) -> None:
         try:
             self._client.ping()

@@ -190,7 +190,8 @@ class SqlNonceStore:
     none when a live claim holds it. Other databases insert and treat the
     integrity error as "already claimed" (then delete-if-expired and insert
     once more). Expired rows are purged in bounded batches at most once per
-    ``purge_interval_ms`` of the injected clock.
+    ``purge_interval_ms`` of the injected clock, and all at once by
+    :meth:`purge`.
 
     SQLite: the file is switched to WAL mode and the table created once,
     under an exclusive lock on a side file shared by every process of the
@@ -290,6 +291,25 @@ class SqlNonceStore:
         claimed = self._guard(lambda: self._claim(key_name, digest, expires_at_ms))
         self._maybe_purge()
         return claimed
+
+    def purge(self, now: int | None = None) -> int:
+        """Delete every row expired at ``now`` (default: the injected clock); how many.
+
+        In batches of ``purge_batch`` rows, so concurrent claims wait for one
+        batch at most. Raises ``StoreUnavailable`` when the database fails.
+        """
+        at = self._now() if now is None else now
+
+        def run() -> int:
+            self._setup()
+            total = 0
+            while True:
+                deleted = self._delete_expired(at)
+                total += deleted
+                if deleted < self._purge_batch:
+                    return total
+
+        return self._guard(run)
 
     def ping(self) -> None:
         def check() -> None:
