@@ -130,7 +130,7 @@ def _upsert_statement(backend: str) -> Any:
         index_elements=[t.c.key_name, t.c.nonce],
         set_={"expires_at": ins.excluded.expires_at},
         where=t.c.expires_at < sa.bindparam("now"),
-    ).execution_options(preserve_rowcount=True)  # rows written: 1 claimed, 0 refused
+    )
 
 
 class _HostLock:
@@ -249,7 +249,16 @@ class SqlNonceStore:
             sa.event.listen(self._engine, "connect", _postgres_on_connect)
         if upsert is None:
             upsert = self._backend in ("sqlite", "postgresql")
-        self._upsert = _upsert_statement(self._backend) if upsert else None
+        self._upsert_sql: str | None = None
+        self._upsert_order: tuple[str, ...] | None = None
+        if upsert:
+            # Compiled once for this database and run on a pooled DBAPI
+            # connection: SQLAlchemy's per-statement execution work cost 12-27 %
+            # of an exchange's worker CPU (docs/performance.md).
+            compiled = _upsert_statement(self._backend).compile(dialect=self._engine.dialect)
+            self._upsert_sql = str(compiled)
+            if compiled.positional:
+                self._upsert_order = tuple(compiled.positiontup or ())
         self._purge_interval_ms = purge_interval_ms
         self._purge_batch = purge_batch
         self._next_purge_ms: int | None = None
@@ -418,9 +427,8 @@ class SqlNonceStore:
             "nonce": digest,
             "expires_at": effective_expiry(expires_at_ms, now),
         }
-        if self._upsert is not None:
-            with self._engine.begin() as conn:
-                return conn.execute(self._upsert, {**values, "now": now}).rowcount == 1
+        if self._upsert_sql is not None:
+            return self._claim_upsert({**values, "now": now})
         # Portable path: the primary key decides; never check-then-insert.
         if self._try_insert(values):
             return True
@@ -434,6 +442,46 @@ class SqlNonceStore:
         # Only the caller whose DELETE removed the expired row may insert again;
         # if a third caller's insert got in first, the primary key refuses ours.
         return deleted > 0 and self._try_insert(values)
+
+    def _claim_upsert(self, params: dict[str, Any]) -> bool:
+        """Run the claim upsert; one row written means claimed.
+
+        The engine's connections are in autocommit mode, so the statement
+        commits (and SQLite flushes) inside ``execute``; for a SQLite file
+        that happens under the host lock, held for that call only. A pooled
+        connection found dead (database restarted, connections killed) is
+        retried once on a fresh pool: safe, because had the lost attempt
+        committed, the retry finds its row and refuses (fail closed).
+        """
+        assert self._upsert_sql is not None
+        args: Any = params
+        if self._upsert_order is not None:
+            args = tuple(params[name] for name in self._upsert_order)
+        for attempt in (1, 2):
+            conn = self._engine.raw_connection()
+            dbapi_conn = conn.dbapi_connection
+            try:
+                cursor = conn.cursor()
+                try:
+                    with self._host_exclusive():
+                        cursor.execute(self._upsert_sql, args)
+                    return bool(cursor.rowcount == 1)
+                finally:
+                    cursor.close()
+            except Exception as exc:
+                conn.invalidate()  # never hand this connection out again
+                dialect = self._engine.dialect
+                if (
+                    attempt == 1
+                    and isinstance(exc, dialect.loaded_dbapi.Error)
+                    and dialect.is_disconnect(exc, dbapi_conn, None)
+                ):
+                    self._engine.dispose()
+                    continue
+                raise
+            finally:
+                conn.close()  # back to the pool (or discarded when invalidated)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _try_insert(self, values: dict[str, Any]) -> bool:
         try:
@@ -469,7 +517,7 @@ class SqlNonceStore:
     def _delete_expired(self, now: int) -> int:
         """Delete up to about ``purge_batch`` rows expired at ``now``; how many."""
         t = nonces_table
-        with self._engine.begin() as conn:
+        with self._host_exclusive(), self._engine.begin() as conn:
             # The expiry of the batch-th oldest expired row bounds this DELETE
             # (portable: no LIMIT in DELETE; rows tied with it go too); both
             # statements use the expires_at index.
