@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,16 @@ import run  # bench/run.py (sys.path[0] is bench/ when run as a script)
 ROUTES = ("empty", "issuer", "exchange", "unguarded", "guarded")
 
 
-def http_profile(route_name: str, store: str, seconds: float, top: int) -> None:
+def http_profile(
+    route_name: str,
+    store: str,
+    seconds: float,
+    top: int,
+    *,
+    native: bool = False,
+    gil: bool = False,
+    sqlite_dir: Path | None = None,
+) -> None:
     wrk = run.ensure_wrk()
     if wrk is None:
         sys.exit("wrk is required")
@@ -39,7 +49,7 @@ def http_profile(route_name: str, store: str, seconds: float, top: int) -> None:
     with tempfile.TemporaryDirectory(prefix="tokenreq-profile-") as tmpname:
         tmp = Path(tmpname)
         urls = {
-            "sqlite": f"sqlite:///{tmp / 'nonces.sqlite3'}",
+            "sqlite": f"sqlite:///{(sqlite_dir or tmp) / f'profile-{os.getpid()}.sqlite3'}",
             "redis": run.REDIS_URL,
             "postgres": run.pg_url(run.DATABASE_URL),
             "memory": "memory://",
@@ -91,7 +101,9 @@ def http_profile(route_name: str, store: str, seconds: float, top: int) -> None:
                             "250",
                             "--format",
                             "raw",
-                            "--nonblocking",
+                            # --native needs to pause the process for each sample
+                            *(["--native"] if native else ["--nonblocking"]),
+                            *(["--gil"] if gil else []),
                             "-o",
                             str(out),
                         ],
@@ -165,7 +177,7 @@ def micro_profile(which: str) -> None:
 
     elif which == "verify":
         from flask_tokenreq import verify_mac
-        from flask_tokenreq.nonces import MemoryNonceStore
+        from flask_tokenreq.stores.memory import MemoryNonceStore
         from flask_tokenreq.tokenrequest import TokenRequest
 
         pool = [
@@ -221,11 +233,22 @@ def main() -> None:
     h.add_argument("--store", default="sqlite", choices=("sqlite", "redis", "postgres", "memory"))
     h.add_argument("--seconds", type=float, default=6)
     h.add_argument("--top", type=int, default=30)
+    h.add_argument("--native", action="store_true", help="include C frames (sqlite3, libpq)")
+    h.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
+    h.add_argument("--sqlite-dir", type=Path, help="folder of the SQLite file (default: tmp)")
     m = sub.add_parser("micro")
     m.add_argument("what", choices=("sign", "verify", "mint"))
     args = parser.parse_args()
     if args.kind == "http":
-        http_profile(args.route, args.store, args.seconds, args.top)
+        http_profile(
+            args.route,
+            args.store,
+            args.seconds,
+            args.top,
+            native=args.native,
+            gil=args.gil,
+            sqlite_dir=args.sqlite_dir,
+        )
     else:
         micro_profile(args.what)
 
