@@ -317,6 +317,30 @@ def test_32_threads_one_winner_over_an_expired_claim(backend: Backend, clock: Fa
         assert results.count(True) == 1, results
 
 
+def test_sqlite_claims_from_32_threads_while_purging(tmp_path: Path, clock: FakeClock) -> None:
+    """Claims and purges share the SQLite host lock and the connection pool
+    (15 connections): with a purge after every claim and 32 threads, none
+    waits for the other forever (a lock-order inversion ended in the pool's
+    timeout)."""
+    store = SqlNonceStore(
+        f"sqlite:///{tmp_path / 'purging.sqlite3'}", now_ms=clock, purge_interval_ms=0
+    )
+    for i in range(50):
+        assert store.claim("app.key", f"nonce-expired-{i:04d}", clock() - 1)
+    clock.advance(1)
+    for round_ in range(3):
+        counter = itertools.count()
+        results = _race(
+            32,
+            lambda r=round_, c=counter: store.claim(  # type: ignore[misc]
+                "app.key", f"nonce-purging-{r}-{next(c):04d}", clock() + WINDOW
+            ),
+        )
+        assert results == [True] * 32
+    assert store.count() == 3 * 32  # the expired rows were purged meanwhile
+    store.close()
+
+
 WORKER = r"""
 import json, sys
 from flask_tokenreq.stores import open_nonce_store

@@ -140,6 +140,10 @@ class _HostLock:
     (``flock`` does not exclude threads that share a file descriptor). A
     waiter sleeps in the kernel and is woken when the holder releases the
     lock, instead of polling as SQLite's busy handler does.
+
+    Lock order: a caller checks out its pooled connection first and then
+    takes this lock, so a thread holding the lock never waits for the pool.
+    (``_setup`` takes it first, but runs before any claim holds a connection.)
     """
 
     def __init__(self, path: str) -> None:
@@ -517,7 +521,9 @@ class SqlNonceStore:
     def _delete_expired(self, now: int) -> int:
         """Delete up to about ``purge_batch`` rows expired at ``now``; how many."""
         t = nonces_table
-        with self._host_exclusive(), self._engine.begin() as conn:
+        # Connection first, then the host lock, in the same order as a claim:
+        # a thread holding the lock never waits for the pool.
+        with self._engine.begin() as conn, self._host_exclusive():
             # The expiry of the batch-th oldest expired row bounds this DELETE
             # (portable: no LIMIT in DELETE; rows tied with it go too); both
             # statements use the expires_at index.
