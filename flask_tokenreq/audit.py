@@ -15,7 +15,8 @@ remote_addr, request_id, detail``. Three ways to write one:
   the exchange itself. A crash can lose the events of the last moments;
   :meth:`AuditLog.flush` waits until the queue is written.
 
-Every event is also sent as the blinker signal :data:`audit_event` (for
+Every event is also sent as the blinker signal
+:data:`flask_tokenreq.signals.audit_event` (for
 :meth:`write`, once the transaction committed), so an app can forward events
 elsewhere; it is sent even when writing rows is disabled
 (``TOKENREQ_AUDIT=False``).
@@ -45,11 +46,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
-from blinker import Namespace
 
 from . import models
 from .clock import Clock, now_ms
 from .db import Database, describe
+from .signals import audit_event
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
@@ -64,12 +65,6 @@ __all__ = [
 
 logger = logging.getLogger("flask_tokenreq")
 
-_signals = Namespace()
-
-#: Sent for every audit event: ``audit_event.send(sender, event=AuditEvent)``.
-#: The sender is the Flask app when there is an app context, else the :class:`AuditLog`.
-#: TODO(lead): move into flask_tokenreq/signals.py beside the other signals.
-audit_event = _signals.signal("tokenreq.audit")
 
 #: Days of audit rows kept by default (``TOKENREQ_AUDIT_RETENTION``).
 DEFAULT_RETENTION_DAYS = 90
@@ -284,6 +279,8 @@ class AuditLog:
         self._sender = sender
         #: Events the background writer could not write (database down) or had no room for.
         self.dropped = 0
+        #: Whether the tables are known to exist (the writer creates them otherwise).
+        self._tables = False
         self._next_purge_ms: int | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -293,6 +290,16 @@ class AuditLog:
 
     def __repr__(self) -> str:
         return f"AuditLog({self.db.url!r}, enabled={self.enabled})"
+
+    def create_tables(self) -> None:
+        """Create the tables of :data:`flask_tokenreq.models.metadata` if missing (idempotent).
+
+        Database failures become :class:`~flask_tokenreq.errors.StoreUnavailable`.
+        The background writer calls it itself before its first batch, so a
+        database that was down at start gets its tables once it is back.
+        """
+        self.db.guard(lambda: self.db.create_all(models.metadata))
+        self._tables = True
 
     # -- building events
 
@@ -499,6 +506,9 @@ class AuditLog:
 
     def _write_batch(self, batch: list[AuditEvent]) -> None:
         try:
+            if not self._tables:
+                self.db.create_all(models.metadata)
+                self._tables = True
             with self.db.write() as conn:
                 conn.execute(models.audit.insert(), [ev._row() for ev in batch])
         except Exception as exc:

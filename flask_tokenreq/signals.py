@@ -12,7 +12,9 @@ on them)::
 
 Receivers run in the request; an exception in one propagates, so keep them
 small. No signal carries a key secret; ``token_issued`` carries the token
-details the client receives.
+details the client receives. :data:`audit_event` carries every audit event
+(:class:`~flask_tokenreq.audit.AuditEvent`, already redacted), also when
+``TOKENREQ_AUDIT`` is off, so an app can forward them elsewhere.
 """
 
 from __future__ import annotations
@@ -31,3 +33,9 @@ token_issued = _signals.signal("tokenreq.token-issued")
 #: The provider refused an exchange: ``token_request`` (TokenRequest, or ``None``
 #: when the body was not one), ``key_name`` (from the URL), ``error`` (TokenReqError).
 token_refused = _signals.signal("tokenreq.token-refused")
+
+#: An audit event (DESIGN §7b): ``event`` (:class:`~flask_tokenreq.audit.AuditEvent`).
+#: The sender is the Flask app when there is an app context, else the
+#: :class:`~flask_tokenreq.audit.AuditLog`. Key changes are sent after their
+#: transaction committed; exchanges when they are queued for the audit table.
+audit_event = _signals.signal("tokenreq.audit")
