@@ -274,6 +274,15 @@ def provider_keys(name: str, value: Any) -> Any:
     return StaticKeyStore.from_config(value, setting=name)
 
 
+def app_id(name: str, value: Any) -> str:
+    """The app id of managed key names: 1 to 64 of ``A-Z a-z 0-9 _ -`` (no ``.`` or ``:``)."""
+    from .keys.secret import valid_app_id
+
+    if not valid_app_id(value):
+        raise ConfigError(f"{name} must be 1 to 64 of A-Z a-z 0-9 _ - (no '.' or ':')")
+    return str(value)
+
+
 def fernet_keys(name: str, value: Any) -> list[str]:
     """Fernet keys, newest first: 32 url-safe base64 bytes each."""
     import base64
@@ -524,8 +533,8 @@ SETTINGS: dict[str, Setting] = _settings(
         "TOKENREQ_DATABASE_URL",
         None,
         store_url,
-        "SQL database of managed keys, token revocations and the audit log "
-        "(PostgreSQL for several hosts)",
+        "SQL database of managed keys, token revocations and the audit log (PostgreSQL "
+        "for several hosts); set without managed keys, it holds only the audit log",
         "keys",
         shown_default="`tokenreq.sqlite3` in the instance folder",
         text=True,
@@ -540,10 +549,20 @@ SETTINGS: dict[str, Setting] = _settings(
         shown_default="— (managed keys off)",
     ),
     Setting(
+        "TOKENREQ_APP_ID",
+        "tokenreq",
+        app_id,
+        "the `appId` of new managed keys (`appId.keyId`): 1 to 64 of `A-Z a-z 0-9 _ -`",
+        "keys",
+        shown_default="`tokenreq`",
+        text=True,
+    ),
+    Setting(
         "TOKENREQ_AUDIT",
         True,
         boolean,
-        "write the audit log (`tokenreq_audit`) when a database is configured",
+        "write the audit log (`tokenreq_audit`) when a database is in use (managed keys "
+        "on, or `TOKENREQ_DATABASE_URL` set)",
         "keys",
     ),
     Setting(

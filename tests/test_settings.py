@@ -24,7 +24,7 @@ def _no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.parametrize("role", ["issuer", "provider"])
+@pytest.mark.parametrize("role", ["issuer", "provider", "keys"])
 def test_readme_configuration_tables_are_the_registry(role: str) -> None:
     match = re.search(
         rf"<!-- settings:{role}[^>]*-->\n(.*?)\n<!-- /settings:{role} -->", README, re.S
