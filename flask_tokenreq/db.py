@@ -234,6 +234,28 @@ class Database:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def create_all(self, metadata: sa.MetaData) -> None:
+        """Create ``metadata``'s missing tables; safe when several processes do it at once.
+
+        Database failures propagate (call it inside :meth:`guard`).
+        """
+        for attempt in range(3):
+            try:
+                # In a write transaction: on SQLite, BEGIN IMMEDIATE makes
+                # parallel creators take turns (a deferred one would fail at
+                # once, without waiting, when it upgrades to a writer).
+                with self.write() as conn:
+                    metadata.create_all(conn, checkfirst=True)
+                return
+            except sa.exc.DBAPIError:
+                # Lost a CREATE TABLE race ("already exists"), or the database
+                # is down; only the first case finds every table now.
+                names = set(sa.inspect(self.engine).get_table_names())
+                if all(t.name in names for t in metadata.sorted_tables):
+                    return
+                if attempt == 2:
+                    raise
+
     def guard(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn``; turn a database failure into :class:`StoreUnavailable` (fail closed).
 

@@ -34,7 +34,7 @@ from flask_tokenreq.errors import (
 )
 from flask_tokenreq.keys import ApiKey, KeyStore, parse_key
 from flask_tokenreq.keys.secret import PREFIX, check_secret_format, hint
-from flask_tokenreq.keys.sql import REAUTH_MARGIN_MS, SqlKeyStore
+from flask_tokenreq.keys.sql import REAUTH_MARGIN_MS, REVOCATION_KEEP_MS, SqlKeyStore
 from tests.conftest import DATABASE_URL, FakeClock
 from tests.dbs import FERNET_1, FERNET_2, FERNET_OTHER, TcpProxy, db_url, pg_schema
 
@@ -438,8 +438,20 @@ def test_old_revocations_are_purged(store: SqlKeyStore, clock: FakeClock) -> Non
     store.revoke_tokens(key.key_name, ["clientId:a"])
     clock.advance(1000)
     store.revoke_tokens(key.key_name, ["clientId:b"])
-    clock.advance(86_400_000)
+    clock.advance(REVOCATION_KEEP_MS)
     assert store.purge_revocations() == 1
+    assert [r["value"] for r in rows(store, models.token_revocations)] == ["b"]
+
+
+def test_revoke_tokens_drops_revocations_that_can_no_longer_match(
+    store: SqlKeyStore, clock: FakeClock
+) -> None:
+    key, _ = store.create("k")
+    store.revoke_tokens(key.key_name, ["clientId:a"])
+    clock.advance(REVOCATION_KEEP_MS)
+    assert store.token_revoked(key.key_name, "a", None, clock() - REVOCATION_KEEP_MS - 1)
+    clock.advance(1)
+    store.revoke_tokens(key.key_name, ["clientId:b"])
     assert [r["value"] for r in rows(store, models.token_revocations)] == ["b"]
 
 

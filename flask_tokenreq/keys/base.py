@@ -74,14 +74,11 @@ class ApiKey:
 
     def expired(self, now_ms: int) -> bool:
         """Whether the key has expired at ``now_ms``."""
-        return self.expires_at_ms is not None and now_ms >= self.expires_at_ms
+        return expired(self, now_ms)
 
     def check_active(self, now_ms: int) -> None:
         """Raise :class:`KeyRevoked` (40131) or :class:`KeyExpired` (40132) unless usable."""
-        if self.status != "active":
-            raise KeyRevoked(f"Key {self.key_name!r} has been revoked")
-        if self.expired(now_ms):
-            raise KeyExpired(f"Key {self.key_name!r} has expired")
+        check_active(self, now_ms)
 
     def verifying_secrets(self, now_ms: int) -> tuple[str, ...]:
         """The secrets that verify at ``now_ms``: the current one first, then those in grace.
@@ -94,12 +91,66 @@ class ApiKey:
         return (self.secret, *in_grace)
 
 
+class KeyView(Protocol):
+    """What the token guard needs about a key: its status, expiry and capability.
+
+    Nothing secret. :class:`ApiKey` is one; so is the managed-key store's
+    :class:`~flask_tokenreq.keys.sql.KeyState`.
+    """
+
+    @property
+    def key_name(self) -> str: ...
+
+    @property
+    def status(self) -> KeyStatus: ...
+
+    @property
+    def expires_at_ms(self) -> int | None: ...
+
+    @property
+    def capability(self) -> Capability: ...
+
+
+def expired(key: KeyView, now_ms: int) -> bool:
+    """Whether ``key`` has expired at ``now_ms`` (at its ``expires_at_ms`` or later)."""
+    return key.expires_at_ms is not None and now_ms >= key.expires_at_ms
+
+
+def check_active(key: KeyView, now_ms: int) -> None:
+    """The one check of a key's status: :class:`KeyRevoked` (40131), :class:`KeyExpired` (40132).
+
+    Exchanges, key authentication and (through
+    :class:`~flask_tokenreq.tokens.TokenService`, which turns 40131 into 40141)
+    the token guard all call it.
+    """
+    if key.status != "active":
+        raise KeyRevoked(f"Key {key.key_name!r} has been revoked")
+    if expired(key, now_ms):
+        raise KeyExpired(f"Key {key.key_name!r} has expired")
+
+
 @runtime_checkable
 class KeyStore(Protocol):
-    """Looks keys up by name (``appId.keyId``)."""
+    """Looks keys up by name (``appId.keyId``).
+
+    A store may also offer ``status(key_name) -> KeyView | None``: what the
+    token guard needs, without the secrets (see :class:`StatusKeyStore`).
+    :class:`~flask_tokenreq.tokens.TokenService` uses it when present, so a
+    store whose :meth:`get` is costly (decrypting secrets) is not asked for
+    them on every guarded request.
+    """
 
     def get(self, key_name: str) -> ApiKey | None:
         """The key, or ``None`` when no such key exists."""
+        ...
+
+
+@runtime_checkable
+class StatusKeyStore(KeyStore, Protocol):
+    """A :class:`KeyStore` that can also answer the token guard without secrets."""
+
+    def status(self, key_name: str) -> KeyView | None:
+        """The key's non-secret view (status, expiry, capability), or ``None``."""
         ...
 
 

@@ -27,7 +27,7 @@ import builtins
 import functools
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,7 +47,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..settings import fernet_keys
-from .base import ApiKey, GraceSecret, KeyStatus
+from .base import ApiKey, GraceSecret, KeyStatus, expired
 from .secret import (
     hint,
     new_key_id,
@@ -78,9 +78,12 @@ MAX_TARGETS = 100
 MAX_GRACE_MS = 30 * 86_400_000
 #: ``last_used_at`` is written at most this often per key and process.
 LAST_USED_INTERVAL_MS = 60_000
-#: Revocations are kept this long after ``issued_before`` by default: no token
-#: issued before then can still be alive (Ably's longest ttl is 24 h).
+#: The longest token lifetime: Ably's (and ``TOKENREQ_MAX_TTL``'s) 24 hours.
 MAX_TOKEN_TTL_MS = 86_400_000
+#: Revocations are kept this long after ``issued_before``: no token issued
+#: before then can still be accepted (the longest ttl plus the largest
+#: ``TOKENREQ_LEEWAY``, 300 s).
+REVOCATION_KEEP_MS = MAX_TOKEN_TTL_MS + 300_000
 
 _CANARY = b"flask-tokenreq encryption canary v1"
 # Columns of the key lookup's rows (see SqlKeyStore._get_sql).
@@ -103,7 +106,25 @@ class KeyState:
     revocations: Mapping[tuple[str, str], tuple[tuple[int, int], ...]] = field(repr=False)
 
     def expired(self, now_ms: int) -> bool:
-        return self.expires_at_ms is not None and now_ms >= self.expires_at_ms
+        return expired(self, now_ms)
+
+    def revokes(
+        self, client_id: str | None, revocation_key: str | None, issued_ms: int, now_ms: int
+    ) -> bool:
+        """Whether a token of this key is revoked: the key is, or a ``revokeTokens`` target
+        matches its clientId or revocation key, it was issued before the target's
+        ``issuedBefore`` and the revocation applies at ``now_ms``."""
+        if self.status == "revoked":
+            return True
+        if not self.revocations:
+            return False
+        for target in (("clientId", client_id), ("revocationKey", revocation_key)):
+            if target[1] is None:
+                continue
+            for issued_before, applies_at in self.revocations.get(target, ()):  # type: ignore[arg-type]
+                if issued_ms < issued_before and now_ms >= applies_at:
+                    return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +222,10 @@ class SqlKeyStore:
     ``instance_path``) or an engine. ``encryption_keys``:
     ``TOKENREQ_KEY_ENCRYPTION_KEYS``, newest first. ``app_id``: the part
     before the ``.`` of new key names. ``audit``/``audit_retention_days``:
-    ``TOKENREQ_AUDIT``/``TOKENREQ_AUDIT_RETENTION``. The constructor does no
-    I/O; call :meth:`create_tables` (idempotent) and :meth:`check` at start.
+    ``TOKENREQ_AUDIT``/``TOKENREQ_AUDIT_RETENTION``. ``reserved(key_name)``:
+    names :meth:`create` must not use (the static keys': a managed key never
+    shadows one). The constructor does no I/O; call :meth:`create_tables`
+    (idempotent) and :meth:`check` at start.
     """
 
     def __init__(
@@ -215,6 +238,7 @@ class SqlKeyStore:
         instance_path: str | None = None,
         audit: bool = True,
         audit_retention_days: float | None = DEFAULT_RETENTION_DAYS,
+        reserved: Callable[[str], bool] | None = None,
     ) -> None:
         if not valid_app_id(app_id):
             raise ConfigError("the app id of managed keys has 1 to 64 of A-Z a-z 0-9 _ -")
@@ -222,6 +246,7 @@ class SqlKeyStore:
         self._db = Database(url_or_engine, instance_path=instance_path, name="key store")
         self._now = now_ms
         self.app_id = app_id
+        self._reserved = reserved
         #: The audit log in the same database (key changes share its transactions).
         self.audit = AuditLog(
             self._db, now_ms=now_ms, enabled=audit, retention_days=audit_retention_days
@@ -270,23 +295,7 @@ class SqlKeyStore:
         self._db.guard(self._create_tables)
 
     def _create_tables(self) -> None:
-        engine = self._db.engine
-        for attempt in range(3):
-            try:
-                # In a write transaction: on SQLite, BEGIN IMMEDIATE makes
-                # parallel creators take turns (a deferred one would fail at
-                # once, without waiting, when it upgrades to a writer).
-                with self._db.write() as conn:
-                    models.metadata.create_all(conn, checkfirst=True)
-                break
-            except sa.exc.DBAPIError:
-                # Lost a CREATE TABLE race ("already exists"), or the database
-                # is down; only the first case finds every table now.
-                names = set(sa.inspect(engine).get_table_names())
-                if all(t.name in names for t in models.metadata.sorted_tables):
-                    break
-                if attempt == 2:
-                    raise
+        self._db.create_all(models.metadata)
         self._seed()
 
     def _seed(self) -> None:
@@ -513,18 +522,7 @@ class SqlKeyStore:
         st = self.state(key_name)
         if st is None:
             return False
-        if st.status == "revoked":
-            return True
-        if not st.revocations:
-            return False
-        at = self._now() if now is None else now
-        for target in (("clientId", client_id), ("revocationKey", revocation_key)):
-            if target[1] is None:
-                continue
-            for issued_before, applies_at in st.revocations.get(target, ()):  # type: ignore[arg-type]
-                if issued_ms < issued_before and at >= applies_at:
-                    return True
-        return False
+        return st.revokes(client_id, revocation_key, issued_ms, self._now() if now is None else now)
 
     def list(self, status: ListStatus = "active") -> builtins.list[KeyInfo]:
         """Managed keys, oldest first, without secrets.
@@ -616,6 +614,8 @@ class SqlKeyStore:
         for attempt in range(3):
             key_name = f"{self.app_id}.{new_key_id()}"
             try:
+                if self._reserved is not None and self._reserved(key_name):
+                    raise _Collision
                 self._db.guard(
                     functools.partial(
                         self._create, key_name, name, cap, expires_ms, actor, ciphertext, secret
@@ -840,6 +840,9 @@ class SqlKeyStore:
                         for _, kind, value in accepted
                     ],
                 )
+                # Revocations only grow through this call, so it also drops
+                # those that can no longer match a live token.
+                _purge_revocations(conn, now - REVOCATION_KEEP_MS)
                 tx.write(
                     "tokens.revoked",
                     at=now,
@@ -862,16 +865,19 @@ class SqlKeyStore:
             "results": results,
         }
 
-    def purge_revocations(self, max_token_ttl_ms: int = MAX_TOKEN_TTL_MS) -> int:
-        """Delete token revocations that can no longer match a live token; the count."""
-        _check_ms("max_token_ttl_ms", max_token_ttl_ms)
+    def purge_revocations(self, keep_ms: int = REVOCATION_KEEP_MS) -> int:
+        """Delete token revocations whose ``issuedBefore`` is more than ``keep_ms`` ago
+        (by default: that can no longer match a live token); the count.
+
+        :meth:`revoke_tokens` does it too, in its own transaction, so the table
+        stays small without a scheduled job.
+        """
+        _check_ms("keep_ms", keep_ms)
 
         def run() -> int:
-            r = models.token_revocations
-            cutoff = self._now() - max_token_ttl_ms
             with self._db.write() as conn:
                 self._bump(conn)
-                return int(conn.execute(sa.delete(r).where(r.c.issued_before < cutoff)).rowcount)
+                return _purge_revocations(conn, self._now() - keep_ms)
 
         return self._db.guard(run)
 
@@ -966,6 +972,12 @@ def _storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _purge_revocations(conn: sa.Connection, cutoff: int) -> int:
+    """Delete the revocations with ``issued_before`` before ``cutoff``; the count."""
+    r = models.token_revocations
+    return int(conn.execute(sa.delete(r).where(r.c.issued_before < cutoff)).rowcount)
 
 
 class _Collision(Exception):
