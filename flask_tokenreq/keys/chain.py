@@ -1,0 +1,162 @@
+"""The provider's keys: static keys from configuration first, then managed keys.
+
+:class:`KeyChain` is the one :class:`~flask_tokenreq.keys.KeyStore` that the
+provider, the ``flask tokenreq`` CLI and the key page use. It decides, in one
+place:
+
+- **lookups**: a static key wins; a managed key never shadows one (new
+  managed key names avoid the static ones);
+- **changes**: a static key cannot be rotated or revoked, nor its tokens
+  (409, 40900: it comes from configuration);
+- **readiness**: the managed-key database is set up at start (tables, schema
+  version, encryption keys). A wrong encryption key is a
+  :class:`~flask_tokenreq.errors.ConfigError` then; a database that is down
+  is a warning, every managed lookup fails closed (503, 50003) until it is
+  back, and the first one after that finishes the set-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError, Conflict, StoreUnavailable
+from .base import ApiKey, KeyStore, KeyView
+
+if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy is imported only with managed keys
+    from .sql import SqlKeyStore
+
+__all__ = ["KeyChain"]
+
+log = logging.getLogger("flask_tokenreq")
+
+
+class KeyChain:
+    """Static keys (``TOKENREQ_PROVIDER_KEYS`` or ``keys=``), then managed keys (SQL).
+
+    Either may be ``None``, not both. Call :meth:`open` once at start.
+    """
+
+    def __init__(self, static: KeyStore | None, managed: SqlKeyStore | None) -> None:
+        if static is None and managed is None:
+            raise ConfigError(
+                "the provider has no keys: set TOKENREQ_PROVIDER_KEYS (static keys, e.g. "
+                "['appId.keyId:secret']) or TOKENREQ_KEY_ENCRYPTION_KEYS (managed keys), "
+                "or pass keys= to TokenProvider"
+            )
+        self.static = static
+        self.managed = managed
+        self._ready = managed is None
+
+    def __repr__(self) -> str:
+        return f"KeyChain(static={self.static!r}, managed={self.managed!r})"
+
+    # -- set-up
+
+    def open(self) -> None:
+        """Set the managed-key database up (at ``init_app``).
+
+        Raises :class:`ConfigError` (wrong encryption keys, tables of another
+        version); a database that cannot be reached is logged, not raised.
+        """
+        if self.managed is None:
+            return
+        try:
+            self._setup(self.managed)
+        except StoreUnavailable:
+            log.warning(
+                "managed keys: the database %s is unavailable at start; requests that need "
+                "it are refused (503) until it is back",
+                self.managed.database.url,
+            )
+
+    def _setup(self, managed: SqlKeyStore) -> None:
+        managed.create_tables()
+        managed.check()
+        self._ready = True
+        if self.static is not None:
+            for info in managed.list("all"):
+                if self.is_static(info.key_name):
+                    log.warning(
+                        "managed key %s is hidden by the static key of the same name",
+                        info.key_name,
+                    )
+
+    def _store(self) -> SqlKeyStore:
+        """The managed-key store, set up; fails closed (503) while it cannot be."""
+        managed = self.managed
+        assert managed is not None
+        if not self._ready:
+            try:
+                self._setup(managed)
+            except ConfigError as exc:
+                # At start this stopped the app; now it can only refuse requests.
+                log.error("managed keys: %s", exc)
+                raise StoreUnavailable("The key store is not usable (configuration)") from None
+        return managed
+
+    # -- lookups (KeyStore)
+
+    def get(self, key_name: str) -> ApiKey | None:
+        """The key with its secrets: a static one, else a managed one (read from the database)."""
+        if self.static is not None:
+            key = self.static.get(key_name)
+            if key is not None:
+                return key
+        if self.managed is None:
+            return None
+        return self._store().get(key_name)
+
+    def status(self, key_name: str) -> KeyView | None:
+        """What the token guard needs about a key, without reading a managed key's secrets."""
+        if self.static is not None:
+            key = self.static.get(key_name)
+            if key is not None:
+                return key
+        if self.managed is None:
+            return None
+        return self._store().state(key_name)
+
+    def is_static(self, key_name: str) -> bool:
+        return self.static is not None and self.static.get(key_name) is not None
+
+    def token_revoked(
+        self, key_name: str, client_id: str | None, revocation_key: str | None, issued_ms: int
+    ) -> bool:
+        """Whether ``revokeTokens`` (or the key's revocation) refuses a token of ``key_name``."""
+        if self.managed is None or self.is_static(key_name):
+            return False
+        return self._store().token_revoked(key_name, client_id, revocation_key, issued_ms)
+
+    def note_used(self, key: ApiKey) -> None:
+        """Record that a managed key was used (at most once a minute per process)."""
+        if key.managed and self.managed is not None:
+            self.managed.note_used(key.key_name)
+
+    def static_keys(self) -> Iterator[ApiKey]:
+        """The static keys, when the static store can list them."""
+        if isinstance(self.static, Iterable):
+            for key in self.static:
+                if isinstance(key, ApiKey):
+                    yield key
+
+    # -- changes
+
+    def for_change(self, key_name: str | None = None) -> SqlKeyStore:
+        """The managed-key store, to change ``key_name`` (or to create a key).
+
+        A static key raises :class:`Conflict` (409, 40900): it comes from
+        configuration. So does a change while managed keys are off.
+        """
+        if key_name is not None and self.is_static(key_name):
+            raise Conflict(
+                f"Key {key_name!r} comes from configuration (TOKENREQ_PROVIDER_KEYS): change "
+                "it there and restart. Only managed keys can be rotated or revoked"
+            )
+        if self.managed is None:
+            raise Conflict(
+                "Managed keys are off: set TOKENREQ_KEY_ENCRYPTION_KEYS to create, rotate "
+                "and revoke keys"
+            )
+        return self._store()
