@@ -1,8 +1,10 @@
 """Minting and verifying the provider's access tokens (JWTs, with PyJWT).
 
 A token is a JWT with header ``{"alg", "typ": "at+jwt", "kid"}`` and claims
-``iss``, ``iat``, ``nbf``, ``exp`` (seconds), ``jti`` (128 random bits),
-``keyName``, ``capability`` (canonical text) and ``clientId`` when set.
+``iss``, ``iat``, ``nbf``, ``exp`` (seconds), ``issued`` (the issue time in
+milliseconds, as in TokenDetails: token revocation compares it with
+``issuedBefore``), ``jti`` (128 random bits), ``keyName``, ``capability``
+(canonical text) and ``clientId`` when set.
 HS256 with a shared secret by default; EdDSA or ES256 with a PEM private key,
 whose public half :meth:`TokenService.jwks` publishes.
 
@@ -24,7 +26,8 @@ done here; the signature itself is checked by PyJWT's algorithm objects and
 tokens are minted with :func:`jwt.encode`. Ably JWTs (``typ`` ``JWT``, ``kid``
 = key name, HS256 with that key's secret) are accepted too. A token never
 grants more than its key grants now, and every token of a revoked key is
-refused (40141).
+refused (40141). A key store that offers ``status(key_name)`` (managed keys)
+is asked for that, not for the key's secrets, on the token path.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -58,7 +61,7 @@ from .errors import (
     TokenExpired,
     TokenRevoked,
 )
-from .keys import ApiKey, KeyStore
+from .keys.base import KeyStore, KeyView, check_active
 
 #: Algorithms the provider can sign its tokens with.
 ALGORITHMS = ("HS256", "EdDSA", "ES256")
@@ -97,6 +100,8 @@ _MAX_ID_CHARS = 256
 _ALL_CANONICAL = Capability.all().canonical
 _ALGORITHM_OBJECTS = jwt.algorithms.get_default_algorithms()
 _HS256 = _ALGORITHM_OBJECTS["HS256"]
+#: The claim ``revokeTokens`` targets of type ``revocationKey`` match (Ably's name).
+REVOCATION_KEY_CLAIM = "x-ably-revocation-key"
 #: Bounds of a TokenService's verified-token cache (entries; characters per token).
 _VERIFIED_CACHE_SIZE = 4096
 _VERIFIED_MAX_CHARS = 2048
@@ -110,12 +115,17 @@ class Identity:
     client_id: str | None
     capability: Capability
     token_id: str | None = None
+    #: When the token was issued, in ms: exact for the provider's tokens (their
+    #: ``issued`` claim), the start of the ``iat`` second for Ably JWTs.
     issued_ms: int | None = None
     expires_ms: int | None = None
+    #: ``basic``: the key itself (``Basic`` auth, or ``Bearer`` with a managed key).
     kind: TokenKind = "token"
     #: The user's properties an Ably JWT carries as top-level claims (the
     #: issuer's ``@claims_loader``), read-only; empty for other credentials.
     claims: Mapping[str, Any] = field(default_factory=_no_claims, hash=False)
+    #: The token's ``x-ably-revocation-key`` claim (``revokeTokens`` targets it).
+    revocation_key: str | None = None
 
 
 #: ``revoked=`` of :meth:`TokenService.verify`: whether a verified token has
@@ -275,7 +285,7 @@ class _Verified:
     narrowed: tuple[str, Capability] | None = None
 
 
-def _capability_claim(text: str, key: ApiKey, what: str) -> Capability:
+def _capability_claim(text: str, key: KeyView, what: str) -> Capability:
     """The token's capability narrowed to what its key grants now."""
     try:
         token_capability = Capability.parse(text)
@@ -286,18 +296,41 @@ def _capability_claim(text: str, key: ApiKey, what: str) -> Capability:
     return token_capability.intersect(key.capability)
 
 
-def _check_key(key: ApiKey, now: int) -> None:
+def _check_key(key: KeyView, now: int) -> None:
     """The key that made a token must be active: revoked 40141, expired 40132.
 
-    The status check is the key's own (:meth:`ApiKey.check_active`); only the
-    code changes, since for a token the key's revocation revokes the token.
+    The status check is the keys' own (:func:`~flask_tokenreq.keys.base.check_active`);
+    only the code changes, since for a token the key's revocation revokes the token.
     """
     try:
-        key.check_active(now)
+        check_active(key, now)
     except KeyRevoked:
         raise TokenRevoked(
             f"Token revoked: the key {key.key_name!r} that issued it has been revoked"
         ) from None
+
+
+def _issued_ms(payload: Mapping[str, Any], iat_ms: int) -> int:
+    """The ``issued`` claim (ms), which must fall in the ``iat`` second; ``iat`` without it.
+
+    Tokens minted before the claim existed are taken as issued at the start of
+    their ``iat`` second (for token revocation: the conservative side).
+    """
+    value = payload.get("issued")
+    if value is None:
+        return iat_ms
+    if type(value) is not int or value // 1000 * 1000 != iat_ms:
+        raise InvalidToken("token issued claim must be the issue time in ms, within its iat second")
+    return value
+
+
+def _key_view(keys: KeyStore, key_name: str) -> KeyView | None:
+    """What the token guard needs about ``key_name``: ``keys.status()`` when the store
+    has it (no secret read), else ``keys.get()``."""
+    status = getattr(keys, "status", None)
+    if status is not None:
+        return cast("KeyView | None", status(key_name))
+    return keys.get(key_name)
 
 
 # -- signing keys ----------------------------------------------------------------------
@@ -581,6 +614,7 @@ class TokenService:
             "iat": iat,
             "nbf": iat,
             "exp": -(-expires_ms // 1000),
+            "issued": issued_ms,
             "jti": token_id,
             "keyName": key_name,
             "capability": capability.canonical,
@@ -701,7 +735,8 @@ class TokenService:
         cap_text = _required_string(payload, "capability")
         client_id = _string(payload, "clientId")
         iat, exp = self._times(payload, now)
-        key = keys.get(key_name)
+        issued = _issued_ms(payload, iat)
+        key = _key_view(keys, key_name)
         if key is None:
             raise InvalidCredentials(f"the key {key_name!r} that issued this token is not known")
         _check_key(key, now)
@@ -717,9 +752,10 @@ class TokenService:
             client_id=client_id,
             capability=narrowed[1],
             token_id=jti,
-            issued_ms=iat,
+            issued_ms=issued,
             expires_ms=exp,
             kind="token",
+            revocation_key=_string(payload, REVOCATION_KEY_CLAIM),
         )
 
     def _verify_ably(
@@ -754,8 +790,12 @@ class TokenService:
             client_id=client_id,
             capability=_capability_claim(cap_text, key, "x-ably-capability"),
             token_id=jti if isinstance(jti, str) and len(jti) <= _MAX_ID_CHARS else None,
+            # Only whole seconds are known: the start of the iat second is the
+            # earliest the token can have been issued, so a revocation's
+            # issuedBefore later in that second refuses it (conservative).
             issued_ms=iat,
             expires_ms=exp,
             kind="ably-jwt",
             claims=MappingProxyType({k: v for k, v in payload.items() if not reserved_claim(k)}),
+            revocation_key=_string(payload, REVOCATION_KEY_CLAIM),
         )

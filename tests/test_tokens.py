@@ -205,8 +205,11 @@ def test_round_trip(service: TokenService, keys: StaticKeyStore, clock: FakeCloc
     header = jwt.get_unverified_header(issued.token)
     assert header == {"alg": "HS256", "typ": "at+jwt", "kid": service.key_id}
     payload = jwt.decode(issued.token, options={"verify_signature": False})
-    assert set(payload) == {"iss", "iat", "nbf", "exp", "jti", "keyName", "capability", "clientId"}
+    assert set(payload) == {
+        *("iss", "iat", "nbf", "exp", "issued", "jti", "keyName", "capability", "clientId")
+    }
     assert payload["exp"] == T + 2  # rounded up to a whole second
+    assert payload["issued"] == clock()  # the issue time in ms, as in TokenDetails
     assert len(base64.urlsafe_b64decode(payload["jti"] + "==")) == 16
     identity = service.verify(issued.token, keys)
     assert identity == Identity(
@@ -214,7 +217,7 @@ def test_round_trip(service: TokenService, keys: StaticKeyStore, clock: FakeCloc
         client_id="alice",
         capability=cap,
         token_id=payload["jti"],
-        issued_ms=T * 1000,
+        issued_ms=clock(),
         expires_ms=(T + 2) * 1000,
         kind="token",
     )
