@@ -3,9 +3,15 @@
 ``POST /keys/<keyName>/requestToken`` checks, in this order: shape, key known
 and active, MAC, timestamp window, ttl, capability, single use of the nonce;
 then mints a token (see :mod:`flask_tokenreq.tokens`) and records the outcome
-(signals, audit log line). ``GET /time`` gives the provider's clock.
+(signals, audit log line, and the audit table when a database is in use).
+``POST /keys/<keyName>/revokeTokens`` is Ably's token revocation, for the
+key itself. ``GET /time`` gives the provider's clock.
 :meth:`TokenProvider.require` guards any view with those tokens, Ably JWTs or
-Basic key auth.
+the key itself (``Basic``, or ``Bearer`` with a managed key).
+
+Keys come from a :class:`~flask_tokenreq.keys.chain.KeyChain`: static keys
+(``TOKENREQ_PROVIDER_KEYS``) and, with ``TOKENREQ_KEY_ENCRYPTION_KEYS``,
+managed keys from ``TOKENREQ_DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from .errors import (
     NotFound,
     StoreUnavailable,
     TimestampNotCurrent,
+    TokenAuthNotAllowed,
     TokenReqError,
     Unauthorized,
     ably_errors,
@@ -69,12 +76,16 @@ from .http import (
     parse_msgpack,
     read_body,
 )
-from .keys.base import ApiKey, KeyStore
+from .keys.base import ApiKey, KeyStore, parse_key
+from .keys.chain import KeyChain
+from .keys.secret import PREFIX as SECRET_PREFIX
+from .keys.secret import check_secret_format, looks_like_managed_key
 from .keys.static import StaticKeyStore
 from .tokenrequest import MIN_NONCE_LENGTH, InvalidTokenRequest, TokenRequest, verify_mac
-from .tokens import Identity, IssuedToken, TokenService
+from .tokens import Identity, IssuedToken, RevocationCheck, TokenService
 
 if TYPE_CHECKING:
+    from .audit import AuditLog
     from .stores import NonceStore
 
 log = logging.getLogger("flask_tokenreq.provider")
@@ -129,19 +140,28 @@ class _State:
     """Everything the provider needs for one app, built once at ``init_app``."""
 
     settings: ProviderSettings
-    keys: KeyStore
+    keys: KeyChain
     nonces: NonceStore
     tokens: TokenService
     cors: Cors
     now: Clock
     owns_nonces: bool
+    #: The audit table, when a database is in use (else ``None``).
+    audit: AuditLog | None
+    #: Token revocation (``revokeTokens``, key revocation); ``None`` without managed keys.
+    revoked: RevocationCheck | None
+    #: Whether :meth:`TokenProvider.close` closes the managed keys and the audit log.
+    owns_keys: bool
 
 
 class TokenProvider:
     """Exchange TokenRequests for tokens and guard views with them.
 
-    ``keys``: a :class:`~flask_tokenreq.keys.KeyStore` (or a list in the
-    ``TOKENREQ_PROVIDER_KEYS`` format); default: that setting. ``nonces``: a
+    ``keys``: the static keys, a :class:`~flask_tokenreq.keys.KeyStore` (or a
+    list in the ``TOKENREQ_PROVIDER_KEYS`` format); default: that setting.
+    Managed keys are added when ``TOKENREQ_KEY_ENCRYPTION_KEYS`` is set. A
+    :class:`~flask_tokenreq.keys.chain.KeyChain` is used as given (both kinds,
+    your own :class:`~flask_tokenreq.keys.sql.SqlKeyStore`). ``nonces``: a
     nonce store; default: ``TOKENREQ_NONCE_STORE`` or an SQLite file in the
     instance folder. ``now_ms``: the clock (ms), for tests. Per-app state
     lives in ``app.extensions``.
@@ -151,7 +171,7 @@ class TokenProvider:
         self,
         app: Flask | None = None,
         *,
-        keys: KeyStore | list[Any] | tuple[Any, ...] | None = None,
+        keys: KeyStore | KeyChain | list[Any] | tuple[Any, ...] | None = None,
         nonces: NonceStore | None = None,
         now_ms: Clock | None = None,
     ) -> None:
@@ -169,8 +189,12 @@ class TokenProvider:
     def init_app(
         self, app: Flask, *, register_blueprint: bool = True, url_prefix: str | None = None
     ) -> None:
-        """Validate settings, open the nonce store and register the blueprint.
+        """Validate settings, open the stores and register the blueprint.
 
+        With managed keys, the database's tables are created if missing and
+        the encryption keys checked against it: a wrong or missing key is a
+        :class:`ConfigError` here; a database that cannot be reached is a
+        logged warning (requests that need it get 503 until it is back).
         The blueprint is registered at ``url_prefix`` (default
         ``TOKENREQ_PROVIDER_URL_PREFIX``, ``""`` = the root). Pass
         ``register_blueprint=False`` to register ``provider.blueprint`` yourself.
@@ -182,18 +206,6 @@ class TokenProvider:
         if url_prefix is not None:
             settings = replace(settings, url_prefix=url_prefix.rstrip("/"))
         clock = self._now_arg or wall_clock
-        keys: KeyStore
-        if self._keys_arg is None:
-            keys = cfg.read(config, "TOKENREQ_PROVIDER_KEYS")
-            if keys is None:
-                raise ConfigError(
-                    "TOKENREQ_PROVIDER_KEYS is not set: give the provider a list of keys, "
-                    "e.g. ['appId.keyId:secret'], or pass keys= to TokenProvider"
-                )
-        elif isinstance(self._keys_arg, (list, tuple)):
-            keys = StaticKeyStore.from_config(list(self._keys_arg), setting="keys")
-        else:
-            keys = self._keys_arg
         tokens = TokenService.from_config(config, now_ms=clock)
         cors = Cors(
             cfg.read(config, "TOKENREQ_PROVIDER_CORS_ORIGINS"),
@@ -210,8 +222,19 @@ class TokenProvider:
                 app.instance_path
             )
             store = open_nonce_store(url, now_ms=clock, instance_path=app.instance_path)
-        state = _State(settings, keys, store, tokens, cors, clock, owns)
+        if isinstance(self._keys_arg, KeyChain):
+            keys, audit = self._keys_arg, None
+            if keys.managed is not None:
+                audit = keys.managed.audit
+        else:
+            keys, audit = _open_keys(config, app.instance_path, clock, self._keys_arg)
+        keys.open()
+        revoked = None if keys.managed is None else _revocation_check(keys)
+        owns_keys = not isinstance(self._keys_arg, KeyChain)
+        state = _State(settings, keys, store, tokens, cors, clock, owns, audit, revoked, owns_keys)
         extension.register(app, EXTENSION, self, state)
+        if audit is not None:
+            _audit_exchanges(app, audit)
         self._apps.add(app)
         if register_blueprint and self.blueprint.name not in app.blueprints:
             app.register_blueprint(self.blueprint, url_prefix=settings.url_prefix or None)
@@ -220,9 +243,14 @@ class TokenProvider:
         return extension.state_of(self, EXTENSION, _State, app)
 
     @property
-    def keys(self) -> KeyStore:
-        """The current app's key store."""
+    def keys(self) -> KeyChain:
+        """The current app's keys: static, then managed."""
         return self._state().keys
+
+    @property
+    def audit(self) -> AuditLog | None:
+        """The current app's audit log, when a database is in use."""
+        return self._state().audit
 
     @property
     def tokens(self) -> TokenService:
@@ -235,11 +263,21 @@ class TokenProvider:
         return self._state().nonces
 
     def close(self, app: Flask | None = None) -> None:
-        """Close the nonce stores the provider opened itself (for ``app``, or for every app)."""
+        """Close the stores the provider opened itself (for ``app``, or for every app).
+
+        The nonce store, the managed keys' database and the audit log (what is
+        queued for it is written first).
+        """
         for target in [app] if app is not None else list(self._apps):
             state = self._state(target)
             if state.owns_nonces:
                 state.nonces.close()
+            if state.owns_keys:
+                if state.keys.managed is not None:
+                    state.keys.managed.close()
+                elif state.audit is not None:
+                    state.audit.close()
+                    state.audit.db.dispose()
 
     # -- the blueprint -------------------------------------------------------------
 
@@ -270,6 +308,42 @@ class TokenProvider:
             _audit("issued", issued.key_name, issued.client_id, issued.token_id, None)
             signals.token_issued.send(app, token_request=treq, token=issued)
             return ably_response(issued.token_details())
+
+        @bp.route("/keys/<key_name>/revokeTokens", methods=_ALL_METHODS)
+        def revoke_tokens(key_name: str) -> ResponseReturnValue:
+            """Ably's ``revokeTokens`` (DESIGN §7a), authenticated by the key it names."""
+            state = self._state()
+            _allow(request, "POST")
+            credentials = _credentials(request)
+            if credentials is None:
+                raise Unauthorized(
+                    "revokeTokens needs the key itself: send 'Authorization: Basic "
+                    "base64(keyName:secret)'"
+                )
+            if isinstance(credentials, str):
+                raise TokenAuthNotAllowed(
+                    "revokeTokens needs the key itself (Basic auth), not a token"
+                )
+            name, secret = credentials
+            if name != key_name:
+                raise InvalidCredentials(
+                    "revokeTokens must be authenticated with the key named in the URL"
+                )
+            _authenticate_key(state, name, secret)
+            store = state.keys.for_change(key_name)
+            body = _read_body(request, state.settings.max_body_bytes)
+            if not isinstance(body, Mapping):
+                raise InvalidBody(
+                    'request body must be an object: {"targets": ["clientId:<id>"], ...}'
+                )
+            result = store.revoke_tokens(
+                key_name,
+                body.get("targets"),  # type: ignore[arg-type]  # checked by the store
+                issued_before=body.get("issuedBefore"),
+                allow_reauth_margin=_optional(body.get("allowReauthMargin"), False),
+                actor=f"key:{key_name}",
+            )
+            return ably_response(result)
 
         @bp.route("/keys/<path:rest>", methods=_ALL_METHODS)
         def unknown_key_path(rest: str) -> ResponseReturnValue:
@@ -380,44 +454,49 @@ class TokenProvider:
         expires = now + ttl
         if key.expires_at_ms is not None:
             expires = min(expires, key.expires_at_ms)
-        return state.tokens.mint(
+        issued = state.tokens.mint(
             key_name=treq.key_name,
             capability=capability,
             client_id=treq.client_id,
             issued_ms=now,
             expires_ms=expires,
         )
+        state.keys.note_used(key)
+        return issued
 
     # -- guarding views ------------------------------------------------------------
 
     def verify_token(self, token: str) -> Identity:
-        """Verify a token (raw JWT) against the current app's keys."""
+        """Verify a token (raw JWT) against the current app's keys and token revocations."""
         state = self._state()
-        return state.tokens.verify(token, state.keys)
+        return state.tokens.verify(token, state.keys, revoked=state.revoked)
 
     def authenticate(self, req: Request | None = None) -> Identity:
         """The :class:`Identity` of a request's credentials; raises a 401 error.
 
-        ``Authorization: Bearer <jwt or base64 of it>`` or ``Basic
-        base64(keyName:secret)``, and an optional ``X-Ably-ClientId``.
+        ``Authorization: Bearer <jwt or base64 of it>``, or the key itself:
+        ``Basic base64(keyName:secret)`` or ``Bearer appId.keyId:tkr_…`` (a
+        managed key); and an optional ``X-Ably-ClientId``.
         """
         req = request if req is None else req
         state = self._state()
-        header = req.headers.get("Authorization")
-        if not header:
+        credentials = _credentials(req)
+        if credentials is None:
             raise Unauthorized(
                 "Authentication required: send 'Authorization: Bearer <token>' (or Basic key auth)"
             )
-        scheme, _, value = header.strip().partition(" ")
-        scheme = scheme.lower()
-        value = value.strip()
-        if scheme == "bearer":
-            token = _bearer_token(value, state.tokens.max_token_bytes)
-            identity = state.tokens.verify(token, state.keys)
-        elif scheme == "basic":
-            identity = _basic_identity(value, state)
+        if isinstance(credentials, str):
+            token = _bearer_token(credentials, state.tokens.max_token_bytes)
+            identity = state.tokens.verify(token, state.keys, revoked=state.revoked)
         else:
-            raise Unauthorized("Unsupported Authorization scheme: use Bearer or Basic")
+            key = _authenticate_key(state, *credentials)
+            identity = Identity(
+                key_name=key.key_name,
+                client_id=None,
+                capability=key.capability,
+                expires_ms=key.expires_at_ms,
+                kind="basic",
+            )
         asserted = req.headers.get("X-Ably-ClientId")
         if asserted is not None:
             client_id = _decode_client_id(asserted)
@@ -527,6 +606,126 @@ def _time_path(settings: ProviderSettings) -> str:
     return f"{settings.url_prefix}/time"
 
 
+def _open_keys(
+    config: Mapping[str, Any], instance_path: str, clock: Clock, static_arg: Any
+) -> tuple[KeyChain, AuditLog | None]:
+    """The key chain and audit log the settings ask for.
+
+    Static keys: ``static_arg`` or ``TOKENREQ_PROVIDER_KEYS``. Managed keys:
+    with ``TOKENREQ_KEY_ENCRYPTION_KEYS``, in ``TOKENREQ_DATABASE_URL``
+    (default: ``tokenreq.sqlite3`` in the instance folder). The database is
+    "in use" with managed keys or an explicit ``TOKENREQ_DATABASE_URL``; only
+    then is there an audit log (``TOKENREQ_AUDIT``).
+    """
+    static: KeyStore | None
+    if static_arg is None:
+        static = cfg.read(config, "TOKENREQ_PROVIDER_KEYS")
+    elif isinstance(static_arg, (list, tuple)):
+        static = StaticKeyStore.from_config(list(static_arg), setting="keys")
+    else:
+        static = static_arg
+    encryption_keys = cfg.read(config, "TOKENREQ_KEY_ENCRYPTION_KEYS")
+    url = cfg.read(config, "TOKENREQ_DATABASE_URL")
+    audit_on = cfg.read(config, "TOKENREQ_AUDIT")
+    retention = cfg.read(config, "TOKENREQ_AUDIT_RETENTION")
+    if encryption_keys is None:
+        chain = KeyChain(static, None)  # ConfigError without any keys
+        if url is None:
+            return chain, None
+        from .audit import AuditLog
+
+        audit = AuditLog(
+            url,
+            now_ms=clock,
+            enabled=audit_on,
+            retention_days=retention,
+            instance_path=instance_path,
+        )
+        if audit_on:
+            try:
+                audit.create_tables()
+            except StoreUnavailable:
+                log.warning("audit log: the database %s is unavailable at start", audit.db.url)
+        return chain, audit
+    from .db import DEFAULT_SQLITE_FILENAME
+    from .keys.sql import SqlKeyStore
+
+    managed = SqlKeyStore(
+        url or f"sqlite:///{DEFAULT_SQLITE_FILENAME}",
+        encryption_keys,
+        now_ms=clock,
+        app_id=cfg.read(config, "TOKENREQ_APP_ID"),
+        instance_path=instance_path,
+        audit=audit_on,
+        audit_retention_days=retention,
+        reserved=None if static is None else (lambda name: static.get(name) is not None),
+    )
+    return KeyChain(static, managed), managed.audit
+
+
+def _revocation_check(keys: KeyChain) -> RevocationCheck:
+    """``TokenService.verify``'s ``revoked`` hook: the managed keys' token revocations."""
+
+    def revoked(identity: Identity) -> bool:
+        issued = identity.issued_ms if identity.issued_ms is not None else 0
+        return keys.token_revoked(
+            identity.key_name, identity.client_id, identity.revocation_key, issued
+        )
+
+    return revoked
+
+
+def _audit_exchanges(app: Flask, audit: AuditLog) -> None:
+    """Write ``token.issued`` and ``token.refused`` audit rows from the exchange signals.
+
+    Through :meth:`AuditLog.submit`: queued and written in batches, so an
+    exchange does not wait for a durable write of its own.
+    """
+
+    def issued(sender: Flask, token_request: Any, token: IssuedToken, **extra: Any) -> None:
+        audit.submit(
+            "token.issued",
+            key_name=token.key_name,
+            client_id=token.client_id,
+            detail={"jti": token.token_id, "expires": token.expires_ms},
+            **_request_fields(),
+        )
+
+    def refused(
+        sender: Flask,
+        token_request: TokenRequest | None,
+        key_name: str,
+        error: TokenReqError,
+        **extra: Any,
+    ) -> None:
+        audit.submit(
+            "token.refused",
+            key_name=key_name,
+            client_id=None if token_request is None else token_request.client_id,
+            code=error.code,
+            detail={"reason": error.message},
+            **_request_fields(),
+        )
+
+    signals.token_issued.connect(issued, sender=app, weak=False)
+    signals.token_refused.connect(refused, sender=app, weak=False)
+
+
+def _request_fields() -> dict[str, str | None]:
+    """The audit columns that describe the request: ``remote_addr``, ``request_id``."""
+    if not has_request_context():
+        return {"remote_addr": None, "request_id": None}
+    return {
+        "remote_addr": request.remote_addr,
+        "request_id": request.headers.get("X-Request-Id"),
+    }
+
+
+def _optional(value: Any, default: Any) -> Any:
+    """A JSON or msgpack field: ``null`` counts as absent (ably-python sends nulls)."""
+    return default if value is None else value
+
+
 def _audit(
     outcome: str, key_name: str, client_id: str | None, token_id: str | None, code: int | None
 ) -> None:
@@ -569,7 +768,30 @@ def _bearer_token(value: str, max_bytes: int) -> str:
         raise InvalidToken("bearer token is neither a JWT nor base64 of one") from None
 
 
-def _basic_identity(value: str, state: _State) -> Identity:
+def _credentials(req: Request) -> tuple[str, bytes] | str | None:
+    """What ``Authorization`` carries: the key as ``(key_name, secret)``, a bearer token
+    (the header's value, not yet decoded), or ``None`` when there is no header.
+
+    The key comes from ``Basic base64(keyName:secret)`` (Ably's key auth) or
+    from ``Bearer appId.keyId:tkr_…`` (a managed key used server to server).
+    """
+    header = req.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if scheme == "bearer":
+        if looks_like_managed_key(value):
+            key_name, secret = parse_key(value)
+            return key_name, secret.encode("utf-8")
+        return value
+    if scheme == "basic":
+        return _basic_credentials(value)
+    raise Unauthorized("Unsupported Authorization scheme: use Bearer or Basic")
+
+
+def _basic_credentials(value: str) -> tuple[str, bytes]:
     if len(value) > 4096:
         raise InvalidCredentials("Basic credentials are too long")
     try:
@@ -583,20 +805,37 @@ def _basic_identity(value: str, state: _State) -> Identity:
         key_name = name_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidCredentials("Basic credentials key name is not UTF-8") from None
+    return key_name, secret_bytes
+
+
+def _authenticate_key(state: _State, key_name: str, secret: bytes) -> ApiKey:
+    """The one authentication by a key's secret (Basic, Bearer key), static or managed.
+
+    A ``tkr_`` secret whose checksum fails is refused before any lookup; then
+    the key must be known, the secret one of its verifying secrets (constant
+    time, newest first), and the key active (40131 revoked, 40132 expired).
+    """
+    if secret.startswith(SECRET_PREFIX.encode()) and not _well_formed(secret):
+        raise InvalidCredentials(
+            "Invalid credentials: key is malformed (its tkr_ secret fails the checksum: "
+            "mistyped or truncated?)"
+        )
     key = state.keys.get(key_name)
     if key is None:
         raise InvalidCredentials(f"No key named {key_name!r} is known")
     now = state.now()
-    if not _secret_matches(key, secret_bytes, now):
+    if not _secret_matches(key, secret, now):
         raise InvalidCredentials("Invalid credentials: wrong key secret")
     key.check_active(now)
-    return Identity(
-        key_name=key_name,
-        client_id=None,
-        capability=key.capability,
-        expires_ms=key.expires_at_ms,
-        kind="basic",
-    )
+    state.keys.note_used(key)
+    return key
+
+
+def _well_formed(secret: bytes) -> bool:
+    try:
+        return check_secret_format(secret.decode("ascii"))
+    except UnicodeDecodeError:
+        return False
 
 
 def _secret_matches(key: ApiKey, candidate: bytes, now: int) -> bool:
