@@ -60,6 +60,7 @@ __all__ = [
     "KeyInfo",
     "KeyState",
     "SqlKeyStore",
+    "target_error",
 ]
 
 logger = logging.getLogger("flask_tokenreq")
@@ -812,7 +813,7 @@ class SqlKeyStore:
         results: list[dict[str, Any]] = []
         accepted: list[tuple[str, str, str]] = []
         for target in target_list:
-            error = _target_error(target)
+            error = target_error(target)
             if error is not None:
                 results.append({"target": target if isinstance(target, str) else None, **error})
                 continue
@@ -984,8 +985,9 @@ class _Collision(Exception):
     """A new key id that already exists (retried with another)."""
 
 
-def _target_error(target: object) -> dict[str, Any] | None:
-    """The Ably failure entry for a target that cannot be revoked, else ``None``."""
+def target_error(target: object) -> dict[str, Any] | None:
+    """The Ably failure entry for a ``revokeTokens`` target that cannot be revoked, else
+    ``None`` (``{"error": {"message", "code", "statusCode"}}``)."""
 
     def error(message: str, code: int = 40003) -> dict[str, Any]:
         return {"error": {"message": message, "code": code, "statusCode": 400}}
