@@ -10,9 +10,16 @@ Run ``python examples/provider_app.py --port 5001`` or
   Ably REST clients send and read, stored with SQLAlchemy in
   ``TOKENREQ_MESSAGES_DATABASE`` (default: SQLite in the instance folder).
 
+Keys: with ``TOKENREQ_KEY_ENCRYPTION_KEYS`` set, managed keys from
+``TOKENREQ_DATABASE_URL`` (default: ``tokenreq.sqlite3`` in the instance
+folder), plus static keys if ``TOKENREQ_PROVIDER_KEYS`` is set; manage them
+with ``flask --app 'examples.provider_app:create_app()' tokenreq keys ...``.
+Without it, static keys only: ``TOKENREQ_PROVIDER_KEYS``, else ``[TOKENREQ_KEY]``.
+
 Settings come from ``TOKENREQ_*`` environment variables (JSON-parsed). Without
-``TOKENREQ_PROVIDER_KEYS`` or ``TOKENREQ_SIGNING_SECRET`` it falls back to
-development values, logging a warning: never deploy those.
+static keys (and no managed keys), ``TOKENREQ_SIGNING_SECRET`` or
+``FLASK_SECRET_KEY`` it falls back to development values, logging a warning:
+never deploy those.
 """
 
 from __future__ import annotations
@@ -393,14 +400,21 @@ def create_app(
     config.from_env(app.config)  # every TOKENREQ_* variable, JSON-parsed
     app.config.from_prefixed_env()  # FLASK_SECRET_KEY -> SECRET_KEY
     app.config.update(overrides or {})
-    if not app.config.get("TOKENREQ_PROVIDER_KEYS") and app.config.get("TOKENREQ_KEY"):
-        # One key shared with the issuer (the usual two-process setup).
-        app.config["TOKENREQ_PROVIDER_KEYS"] = [app.config["TOKENREQ_KEY"]]
-    for setting, variable, dev_value in (
+    managed = bool(app.config.get("TOKENREQ_KEY_ENCRYPTION_KEYS"))
+    defaults = [
         ("SECRET_KEY", "FLASK_SECRET_KEY", DEV_SECRET_KEY),
-        ("TOKENREQ_PROVIDER_KEYS", "TOKENREQ_PROVIDER_KEYS", DEV_PROVIDER_KEYS),
         ("TOKENREQ_SIGNING_SECRET", "TOKENREQ_SIGNING_SECRET", DEV_SIGNING_SECRET),
-    ):
+    ]
+    if not managed:
+        # Static keys only: one key shared with the issuer (the usual two-process
+        # setup), else a development key. With managed keys on, static keys are
+        # served only when TOKENREQ_PROVIDER_KEYS names them (a managed key given
+        # to the issuer must not come back as a static key: it would shadow the
+        # managed one, and revoking it would not bite).
+        if not app.config.get("TOKENREQ_PROVIDER_KEYS") and app.config.get("TOKENREQ_KEY"):
+            app.config["TOKENREQ_PROVIDER_KEYS"] = [app.config["TOKENREQ_KEY"]]
+        defaults.append(("TOKENREQ_PROVIDER_KEYS", "TOKENREQ_PROVIDER_KEYS", DEV_PROVIDER_KEYS))
+    for setting, variable, dev_value in defaults:
         if not app.config.get(setting):
             log.warning("%s is not set: using a development value (never deploy it)", variable)
             app.config[setting] = dev_value
