@@ -29,9 +29,9 @@ def pg_schema_url(base_url: str, schema: str) -> str:
     return f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
-@pytest.fixture
-def pg_schema(postgres_url: str, unique: str) -> Iterator[str]:
-    """A fresh schema; the URL of a database whose tables land in it."""
+@contextlib.contextmanager
+def fresh_schema(postgres_url: str, unique: str) -> Iterator[str]:
+    """A new schema, dropped afterwards; yields the URL of a database whose tables land in it."""
     schema = f"tokenreq_t_{unique}"
     engine = sa.create_engine(postgres_url)
     with engine.begin() as conn:
@@ -42,6 +42,13 @@ def pg_schema(postgres_url: str, unique: str) -> Iterator[str]:
         with engine.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         engine.dispose()
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str, unique: str) -> Iterator[str]:
+    """A fresh schema; the URL of a database whose tables land in it."""
+    with fresh_schema(postgres_url, unique) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
