@@ -37,15 +37,18 @@ _BOOTING = re.compile(r"Booting worker with pid: (\d+)")
 
 
 @contextmanager
-def serve_app(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve a WSGI ``app`` on ``host`` and a free port in a thread; yields the base URL."""
-    server = make_server(host, 0, app, threaded=True)
+def serve_app(app: Any, host: str = "127.0.0.1", ssl_context: Any = None) -> Iterator[str]:
+    """Serve a WSGI ``app`` on ``host`` and a free port in a thread; yields the base URL.
+
+    With ``ssl_context`` (an :class:`ssl.SSLContext`) it serves HTTPS.
+    """
+    server = make_server(host, 0, app, threaded=True, ssl_context=ssl_context)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )
     thread.start()
     try:
-        yield f"http://{host}:{server.server_port}"
+        yield f"{'https' if ssl_context else 'http'}://{host}:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
