@@ -14,10 +14,14 @@ The page gets a token with ``tokenreq.js``, shows its clientId, capability and
 time left, publishes and lists events, and says clearly when the provider
 refuses an action (bob may not publish).
 
-Everything is on SQLite in the instance folder (nonces, messages). Without
-``TOKENREQ_KEY``, ``TOKENREQ_SIGNING_SECRET`` or ``FLASK_SECRET_KEY`` it uses
-development values and logs a warning: never deploy those. Every ``TOKENREQ_*``
-environment variable is read (JSON-parsed). Demo settings:
+Everything is on SQLite in the instance folder (nonces, messages, managed
+keys). Without ``TOKENREQ_KEY`` the issuer signs with a managed key, "Demo
+key" (``flask --app examples.demo:create_app tokenreq keys list`` shows it),
+encrypted under ``TOKENREQ_KEY_ENCRYPTION_KEYS`` or, when that is not set, a
+development encryption key kept in the instance folder. Without
+``TOKENREQ_SIGNING_SECRET`` or ``FLASK_SECRET_KEY`` it uses development values.
+Every development value is logged as a warning: never deploy those. Every
+``TOKENREQ_*`` environment variable is read (JSON-parsed). Demo settings:
 
 - ``TOKENREQ_TTL``: the issuer's token ttl (ms, default 60 min); a page may ask
   for less with ``/?ttl=<ms>``.
@@ -48,8 +52,13 @@ if not __package__:  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.accounts import SignIn, User, apply_defaults
-from examples.issuer_app import DEV_TOKENREQ_KEY
-from examples.provider_app import DEV_SIGNING_SECRET, MessageStore, channels_blueprint
+from examples.provider_app import (
+    DEV_SIGNING_SECRET,
+    MessageStore,
+    channels_blueprint,
+    development_encryption_key,
+    development_managed_key,
+)
 from flask_tokenreq import config, settings
 from flask_tokenreq.clock import Clock
 from flask_tokenreq.clock import now_ms as wall_clock
@@ -211,11 +220,14 @@ def _development_defaults(app: Flask) -> None:
     if not conf.get("SECRET_KEY"):
         log.warning("FLASK_SECRET_KEY is not set: using the development session key")
         conf["SECRET_KEY"] = DEV_SECRET_KEY
-    if not conf.get("TOKENREQ_KEY"):
-        log.warning("TOKENREQ_KEY is not set: using a development key (never deploy it)")
-        conf["TOKENREQ_KEY"] = DEV_TOKENREQ_KEY
-    if not conf.get("TOKENREQ_PROVIDER_KEYS"):
-        conf["TOKENREQ_PROVIDER_KEYS"] = [conf["TOKENREQ_KEY"]]
+    if not conf.get("TOKENREQ_KEY") and not conf.get("TOKENREQ_KEY_ENCRYPTION_KEYS"):
+        # Managed keys out of the box (see docs/keys.md).
+        conf["TOKENREQ_KEY_ENCRYPTION_KEYS"] = [development_encryption_key(app.instance_path)]
+    if not conf.get("TOKENREQ_KEY_ENCRYPTION_KEYS"):
+        if not conf.get("TOKENREQ_PROVIDER_KEYS"):  # static keys: the issuer's key
+            conf["TOKENREQ_PROVIDER_KEYS"] = [conf["TOKENREQ_KEY"]]
+    elif not conf.get("TOKENREQ_KEY"):
+        conf["TOKENREQ_KEY"] = development_managed_key(conf, app.instance_path)
     if not conf.get("TOKENREQ_SIGNING_SECRET"):
         log.warning("TOKENREQ_SIGNING_SECRET is not set: using a development value")
         conf["TOKENREQ_SIGNING_SECRET"] = DEV_SIGNING_SECRET

@@ -384,6 +384,74 @@ def channels_blueprint(
     return bp
 
 
+# -- development managed keys (make demo) -----------------------------------------
+
+#: Where :func:`development_encryption_key` keeps its key, in the instance folder.
+DEV_ENCRYPTION_KEY_FILE = "dev-encryption-key.txt"
+#: The ``name`` of the managed key :func:`development_managed_key` finds or creates.
+DEV_MANAGED_KEY_NAME = "Demo key"
+
+
+def development_encryption_key(instance_path: str) -> str:
+    """A Fernet key for ``TOKENREQ_KEY_ENCRYPTION_KEYS`` in development, with a warning.
+
+    Made once and kept in the instance folder (readable by the owner only), so
+    it is the same for every worker process and after a restart; keys
+    encrypted under it stay readable. Never deploy it: the key sits next to
+    the database it protects.
+    """
+    from cryptography.fernet import Fernet
+
+    path = os.path.join(instance_path, DEV_ENCRYPTION_KEY_FILE)
+    log.warning(
+        "TOKENREQ_KEY_ENCRYPTION_KEYS is not set: using a development encryption key kept "
+        "in %s (never deploy it)",
+        path,
+    )
+    os.makedirs(instance_path, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    key = Fernet.generate_key().decode("ascii")
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def development_managed_key(settings_: Mapping[str, Any], instance_path: str) -> str:
+    """The full key of the managed key named :data:`DEV_MANAGED_KEY_NAME`, made if missing.
+
+    For a development setup where one process both signs (the issuer's
+    ``TOKENREQ_KEY``) and exchanges (managed keys): the key lives in the
+    managed-key database like any other, so ``flask tokenreq keys`` lists,
+    rotates and revokes it; a revoked one is replaced at the next start.
+    """
+    from flask_tokenreq import settings
+    from flask_tokenreq.keys.sql import SqlKeyStore
+
+    url = settings.read(settings_, "TOKENREQ_DATABASE_URL") or "sqlite:///tokenreq.sqlite3"
+    store = SqlKeyStore(
+        url,
+        settings.read(settings_, "TOKENREQ_KEY_ENCRYPTION_KEYS"),
+        app_id=settings.read(settings_, "TOKENREQ_APP_ID"),
+        instance_path=instance_path,
+    )
+    try:
+        store.create_tables()
+        store.check()
+        for info in store.list("active"):
+            key = store.get(info.key_name) if info.name == DEV_MANAGED_KEY_NAME else None
+            if key is not None:
+                return f"{key.key_name}:{key.secret}"
+        _, full = store.create(DEV_MANAGED_KEY_NAME, actor="development set-up")
+        log.warning("created the managed key %s for development", full.partition(":")[0])
+        return full
+    finally:
+        store.close()
+
+
 # -- the app ---------------------------------------------------------------------
 
 
