@@ -82,7 +82,7 @@ from .keys.secret import PREFIX as SECRET_PREFIX
 from .keys.secret import check_secret_format, looks_like_managed_key
 from .keys.static import StaticKeyStore
 from .tokenrequest import MIN_NONCE_LENGTH, InvalidTokenRequest, TokenRequest, verify_mac
-from .tokens import Identity, IssuedToken, RevocationCheck, TokenService
+from .tokens import Identity, IssuedToken, TokenService
 
 if TYPE_CHECKING:
     from .audit import AuditLog
@@ -148,8 +148,6 @@ class _State:
     owns_nonces: bool
     #: The audit table, when a database is in use (else ``None``).
     audit: AuditLog | None
-    #: Token revocation (``revokeTokens``, key revocation); ``None`` without managed keys.
-    revoked: RevocationCheck | None
     #: Whether :meth:`TokenProvider.close` closes the managed keys and the audit log.
     owns_keys: bool
 
@@ -229,9 +227,8 @@ class TokenProvider:
         else:
             keys, audit = _open_keys(config, app.instance_path, clock, self._keys_arg)
         keys.open()
-        revoked = None if keys.managed is None else _revocation_check(keys)
         owns_keys = not isinstance(self._keys_arg, KeyChain)
-        state = _State(settings, keys, store, tokens, cors, clock, owns, audit, revoked, owns_keys)
+        state = _State(settings, keys, store, tokens, cors, clock, owns, audit, owns_keys)
         extension.register(app, EXTENSION, self, state)
         if audit is not None:
             _audit_exchanges(app, audit)
@@ -469,7 +466,7 @@ class TokenProvider:
     def verify_token(self, token: str) -> Identity:
         """Verify a token (raw JWT) against the current app's keys and token revocations."""
         state = self._state()
-        return state.tokens.verify(token, state.keys, revoked=state.revoked)
+        return state.tokens.verify(token, state.keys)
 
     def authenticate(self, req: Request | None = None) -> Identity:
         """The :class:`Identity` of a request's credentials; raises a 401 error.
@@ -487,7 +484,7 @@ class TokenProvider:
             )
         if isinstance(credentials, str):
             token = _bearer_token(credentials, state.tokens.max_token_bytes)
-            identity = state.tokens.verify(token, state.keys, revoked=state.revoked)
+            identity = state.tokens.verify(token, state.keys)
         else:
             key = _authenticate_key(state, *credentials)
             identity = Identity(
@@ -661,18 +658,6 @@ def _open_keys(
         reserved=None if static is None else (lambda name: static.get(name) is not None),
     )
     return KeyChain(static, managed), managed.audit
-
-
-def _revocation_check(keys: KeyChain) -> RevocationCheck:
-    """``TokenService.verify``'s ``revoked`` hook: the managed keys' token revocations."""
-
-    def revoked(identity: Identity) -> bool:
-        issued = identity.issued_ms if identity.issued_ms is not None else 0
-        return keys.token_revoked(
-            identity.key_name, identity.client_id, identity.revocation_key, issued
-        )
-
-    return revoked
 
 
 def _audit_exchanges(app: Flask, audit: AuditLog) -> None:

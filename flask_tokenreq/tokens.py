@@ -296,11 +296,21 @@ def _capability_claim(text: str, key: KeyView, what: str) -> Capability:
     return token_capability.intersect(key.capability)
 
 
-def _check_key(key: KeyView, now: int) -> None:
-    """The key that made a token must be active: revoked 40141, expired 40132.
+def _check_key(
+    key: KeyView,
+    now: int,
+    client_id: str | None,
+    revocation_key: str | None,
+    issued_ms: int,
+) -> None:
+    """The key that made a token must be active (revoked 40141, expired 40132), and the
+    token not revoked with ``revokeTokens`` (40141).
 
     The status check is the keys' own (:func:`~flask_tokenreq.keys.base.check_active`);
     only the code changes, since for a token the key's revocation revokes the token.
+    Token revocations are the key view's own too: a view with a ``revokes`` method
+    (managed keys' :class:`~flask_tokenreq.keys.sql.KeyState`) decides from the same
+    snapshot that gave its status.
     """
     try:
         check_active(key, now)
@@ -308,6 +318,12 @@ def _check_key(key: KeyView, now: int) -> None:
         raise TokenRevoked(
             f"Token revoked: the key {key.key_name!r} that issued it has been revoked"
         ) from None
+    revokes = getattr(key, "revokes", None)
+    if revokes is not None and revokes(client_id, revocation_key, issued_ms, now):
+        raise TokenRevoked(
+            "Token revoked: tokens of this clientId or revocation key issued before a "
+            "revokeTokens call are refused; get a new token"
+        )
 
 
 def _issued_ms(payload: Mapping[str, Any], iat_ms: int) -> int:
@@ -736,10 +752,11 @@ class TokenService:
         client_id = _string(payload, "clientId")
         iat, exp = self._times(payload, now)
         issued = _issued_ms(payload, iat)
+        revocation_key = _string(payload, REVOCATION_KEY_CLAIM)
         key = _key_view(keys, key_name)
         if key is None:
             raise InvalidCredentials(f"the key {key_name!r} that issued this token is not known")
-        _check_key(key, now)
+        _check_key(key, now, client_id, revocation_key, issued)
         # The capability narrowed to the key's as it is now: recomputed whenever
         # the key's capability differs from the one the entry remembers.
         key_text = key.capability.canonical
@@ -755,7 +772,7 @@ class TokenService:
             issued_ms=issued,
             expires_ms=exp,
             kind="token",
-            revocation_key=_string(payload, REVOCATION_KEY_CLAIM),
+            revocation_key=revocation_key,
         )
 
     def _verify_ably(
@@ -784,18 +801,24 @@ class TokenService:
         iat, exp = self._times(payload, now)
         if exp - iat > self.max_ttl_ms:
             raise InvalidToken("Ably JWT lifetime (exp - iat) is longer than TOKENREQ_MAX_TTL")
-        _check_key(key, now)
+        revocation_key = _string(payload, REVOCATION_KEY_CLAIM)
+        # Status and revocations from the key's non-secret view when the store
+        # has one (the secrets above came from get()).
+        view = _key_view(keys, key_name) if hasattr(keys, "status") else key
+        if view is None:
+            raise InvalidCredentials(f"Ably JWT key {key_name!r} is not known")
+        # Only whole seconds are known (iat): the start of the iat second is the
+        # earliest the token can have been issued, so a revocation whose
+        # issuedBefore falls later in that second refuses it (conservative).
+        _check_key(view, now, client_id, revocation_key, iat)
         return Identity(
             key_name=key_name,
             client_id=client_id,
-            capability=_capability_claim(cap_text, key, "x-ably-capability"),
+            capability=_capability_claim(cap_text, view, "x-ably-capability"),
             token_id=jti if isinstance(jti, str) and len(jti) <= _MAX_ID_CHARS else None,
-            # Only whole seconds are known: the start of the iat second is the
-            # earliest the token can have been issued, so a revocation's
-            # issuedBefore later in that second refuses it (conservative).
             issued_ms=iat,
             expires_ms=exp,
             kind="ably-jwt",
             claims=MappingProxyType({k: v for k, v in payload.items() if not reserved_claim(k)}),
-            revocation_key=_string(payload, REVOCATION_KEY_CLAIM),
+            revocation_key=revocation_key,
         )

@@ -95,7 +95,10 @@ class KeyView(Protocol):
     """What the token guard needs about a key: its status, expiry and capability.
 
     Nothing secret. :class:`ApiKey` is one; so is the managed-key store's
-    :class:`~flask_tokenreq.keys.sql.KeyState`.
+    :class:`~flask_tokenreq.keys.sql.KeyState`, which also has
+    ``revokes(client_id, revocation_key, issued_ms, now_ms) -> bool``: whether
+    ``revokeTokens`` refuses a token of the key. A view without that method
+    revokes no single token (only the whole key, through its status).
     """
 
     @property

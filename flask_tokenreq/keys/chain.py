@@ -109,7 +109,11 @@ class KeyChain:
         return self._store().get(key_name)
 
     def status(self, key_name: str) -> KeyView | None:
-        """What the token guard needs about a key, without reading a managed key's secrets."""
+        """What the token guard needs about a key, without reading a managed key's secrets.
+
+        A managed key's view (:class:`~flask_tokenreq.keys.sql.KeyState`) also
+        holds its token revocations: one read serves the whole check.
+        """
         if self.static is not None:
             key = self.static.get(key_name)
             if key is not None:
@@ -120,14 +124,6 @@ class KeyChain:
 
     def is_static(self, key_name: str) -> bool:
         return self.static is not None and self.static.get(key_name) is not None
-
-    def token_revoked(
-        self, key_name: str, client_id: str | None, revocation_key: str | None, issued_ms: int
-    ) -> bool:
-        """Whether ``revokeTokens`` (or the key's revocation) refuses a token of ``key_name``."""
-        if self.managed is None or self.is_static(key_name):
-            return False
-        return self._store().token_revoked(key_name, client_id, revocation_key, issued_ms)
 
     def note_used(self, key: ApiKey) -> None:
         """Record that a managed key was used (at most once a minute per process)."""
