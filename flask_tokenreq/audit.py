@@ -40,6 +40,7 @@ import os
 import queue
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -97,7 +98,7 @@ REDACTED = "[redacted]"
 _SECRET_LIKE = re.compile(
     r"tkr_[A-Za-z0-9_-]{8,}"
     r"|[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    r"|eyJ[A-Za-z0-9_-]{8,}"
+    r"|(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}"
     r"|(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{43}="
 )
 _SECRET_NAMES = frozenset(
@@ -253,6 +254,8 @@ class AuditLog:
     BATCH = 500
     #: Most events waiting for the background writer; more are dropped (and counted).
     QUEUE_MAX = 50_000
+    #: How long the background writer waits for more events before writing a batch (s).
+    LINGER_S = 0.05
     #: How often the background writer purges old rows, in ms of the injected clock.
     PURGE_INTERVAL_MS = 3_600_000
 
@@ -485,6 +488,9 @@ class AuditLog:
                 return
             batch: list[AuditEvent] = []
             waiters: list[threading.Event] = []
+            # Gather what arrives within LINGER_S (a flush ends the wait): one
+            # transaction per batch, not one per event under a steady stream.
+            deadline = time.monotonic() + self.LINGER_S
             while True:
                 if isinstance(item, threading.Event):
                     waiters.append(item)
@@ -492,8 +498,9 @@ class AuditLog:
                     batch.append(item)
                 if len(batch) >= self.BATCH:
                     break
+                remaining = 0.0 if waiters else deadline - time.monotonic()
                 try:
-                    item = q.get_nowait()
+                    item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
                 except queue.Empty:
                     break
                 if item is _SENTINEL:
