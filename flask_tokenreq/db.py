@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -133,6 +134,25 @@ def parse_url(url: str, instance_path: str | None, *, setting: str = SETTING) ->
     return u
 
 
+class _Reader:
+    """A thread's SQLite connection for :meth:`Database.fetch` (closed with its last reference)."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        if self.pid == os.getpid():  # never a connection inherited from a parent
+            with contextlib.suppress(Exception):
+                self.conn.close()
+
+    # The thread ended (its locals went away): close rather than leave it to
+    # the driver's finalizer, which can keep the file descriptor open.
+    __del__ = close
+
+
 def _at_fork_in_child(obj: Database) -> None:
     """Drop (without closing) connections a forked child inherited from its parent."""
     if not hasattr(os, "register_at_fork"):  # pragma: no cover - not POSIX
@@ -143,6 +163,9 @@ def _at_fork_in_child(obj: Database) -> None:
         target = ref()
         if target is not None:
             target.engine.dispose(close=False)
+            # The parent's reading connections are the parent's (fetch checks the pid).
+            target._all_readers = weakref.WeakSet()
+            target._reader_lock = threading.Lock()
 
     os.register_at_fork(after_in_child=after_in_child)
 
@@ -165,6 +188,10 @@ class Database:
         name: str = "database",
     ) -> None:
         self.name = name
+        #: SQLite: each thread's reading connection for :meth:`fetch` (``None``: the pool).
+        self._readers: threading.local | None = None
+        self._reader_lock = threading.Lock()
+        self._all_readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         if isinstance(url_or_engine, sa.Engine):
             self.engine = url_or_engine
             self.backend = self.engine.dialect.name
@@ -206,6 +233,8 @@ class Database:
             raise ConfigError(f"{setting}: invalid database URL {self.url!r}: {exc}") from None
         self.owned = True
         self._dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        if self.backend == "sqlite":
+            self._readers = threading.local()
         if self.backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)
@@ -291,6 +320,8 @@ class Database:
         args: Any = values
         if prepared.order is not None:
             args = tuple(values[name] for name in prepared.order)
+        if self._readers is not None:
+            return self._fetch_sqlite(prepared.sql, args)
         conn = self.engine.raw_connection()
         dbapi_conn: Any = conn.dbapi_connection
         try:
@@ -313,7 +344,42 @@ class Database:
         finally:
             conn.close()
 
+    def _fetch_sqlite(self, sql: str, args: Any) -> list[Any]:
+        """:meth:`fetch` on SQLite: on this thread's own reading connection.
+
+        A pool checkout and return cost more than the statement itself (SQLite
+        runs in this process), so each thread keeps one connection, detached
+        from the pool, for these reads; it closes when the thread ends. It is
+        in autocommit mode: every statement is its own snapshot, and no
+        transaction stays open between requests.
+        """
+        assert self._readers is not None
+        reader: _Reader | None = getattr(self._readers, "reader", None)
+        if reader is None or reader.pid != os.getpid():
+            fairy = self.engine.raw_connection()
+            fairy.detach()  # this thread's from now on; the pool forgets it
+            reader = _Reader(fairy.dbapi_connection)
+            self._readers.reader = reader
+            with self._reader_lock:
+                self._all_readers.add(reader)
+        try:
+            cursor = reader.conn.cursor()
+            try:
+                cursor.execute(sql, args)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+        except BaseException:
+            self._readers.reader = None  # whatever went wrong, open another next time
+            reader.close()
+            raise
+
     def dispose(self) -> None:
-        """Close pooled connections (only of an engine made here)."""
+        """Close pooled connections and the reading connections (only of an engine made here)."""
         if self.owned:
             self.engine.dispose()
+            with self._reader_lock:
+                readers = list(self._all_readers)
+                self._all_readers.clear()
+            for reader in readers:
+                reader.close()

@@ -487,6 +487,10 @@ def count_statements(store: SqlKeyStore) -> list[str]:
             dbapi_conn.cursor_factory = Recording
 
     event.listen(store.database.engine.pool, "checkout", on_checkout)
+    # On SQLite, the hot-path reads run on each thread's own connection,
+    # outside the pool: trace those already open too.
+    for reader in store.database._all_readers:
+        reader.conn.set_trace_callback(record)
     return seen
 
 

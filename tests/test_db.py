@@ -1,0 +1,84 @@
+"""The SQL engine of managed keys and the audit log: the hot-path reads on SQLite.
+
+:meth:`Database.fetch` runs on each thread's own SQLite connection. It must
+see every committed change at once, close with its thread, never be shared
+with a forked child, and be replaced after a failure.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from flask_tokenreq.db import Database
+
+TABLE = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    database.create_all(TABLE.metadata)
+    return database
+
+
+def count(db: Database) -> int:
+    prepared = db.prepare(sa.select(sa.func.count()).select_from(TABLE))
+    return int(db.fetch(prepared, {})[0][0])
+
+
+def test_fetch_sees_each_commit_at_once(db: Database) -> None:
+    assert count(db) == 0
+    for n in range(1, 4):
+        with db.write() as conn:
+            conn.execute(TABLE.insert().values(id=n))
+        assert count(db) == n
+
+
+def test_a_threads_connection_closes_with_the_thread(db: Database) -> None:
+    count(db)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        thread = threading.Thread(target=count, args=(db,))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert len(db._all_readers) == 1  # this thread's
+    assert len(os.listdir("/proc/self/fd")) <= before
+    db.dispose()
+    assert len(db._all_readers) == 0
+
+
+def _child(db: Database, out: multiprocessing.Queue[object]) -> None:
+    out.put((count(db), db._readers.reader.pid == os.getpid()))  # type: ignore[union-attr]
+
+
+def test_a_forked_child_opens_its_own_connection(db: Database) -> None:
+    count(db)
+    parent = db._readers.reader  # type: ignore[union-attr]
+    context = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[object] = context.Queue()
+    child = context.Process(target=_child, args=(db, out))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert out.get(timeout=5) == (0, True)
+    assert db._readers.reader is parent  # type: ignore[union-attr]
+    assert count(db) == 0
+
+
+def test_a_failed_read_replaces_the_connection(db: Database) -> None:
+    count(db)
+    first = db._readers.reader  # type: ignore[union-attr]
+    bad = db.prepare(sa.select(sa.text("no_such_column")).select_from(TABLE))
+    with pytest.raises(sqlite3.OperationalError):
+        db.fetch(bad, {})
+    assert count(db) == 0
+    assert db._readers.reader is not first  # type: ignore[union-attr]
