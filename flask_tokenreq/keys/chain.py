@@ -100,12 +100,9 @@ class KeyChain:
 
     def get(self, key_name: str) -> ApiKey | None:
         """The key with its secrets: a static one, else a managed one (read from the database)."""
-        if self.static is not None:
-            key = self.static.get(key_name)
-            if key is not None:
-                return key
-        if self.managed is None:
-            return None
+        key = self._static(key_name)
+        if key is not None or self.managed is None:
+            return key
         return self._store().get(key_name)
 
     def status(self, key_name: str) -> KeyView | None:
@@ -114,16 +111,16 @@ class KeyChain:
         A managed key's view (:class:`~flask_tokenreq.keys.sql.KeyState`) also
         holds its token revocations: one read serves the whole check.
         """
-        if self.static is not None:
-            key = self.static.get(key_name)
-            if key is not None:
-                return key
-        if self.managed is None:
-            return None
+        key = self._static(key_name)
+        if key is not None or self.managed is None:
+            return key
         return self._store().state(key_name)
 
+    def _static(self, key_name: str) -> ApiKey | None:
+        return None if self.static is None else self.static.get(key_name)
+
     def is_static(self, key_name: str) -> bool:
-        return self.static is not None and self.static.get(key_name) is not None
+        return self._static(key_name) is not None
 
     def note_used(self, key: ApiKey) -> None:
         """Record that a managed key was used (at most once a minute per process)."""
