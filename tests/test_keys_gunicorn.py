@@ -41,6 +41,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 class Server:
     url: str
     store: SqlKeyStore
+    #: The server's log so far (gunicorn's and the app's, stderr).
+    log: Callable[[], str]
 
     def token(self, key: str, **params: object) -> str:
         treq = sign_token_request(key, **params)  # type: ignore[arg-type]
@@ -166,7 +168,7 @@ def server(
     with run_gunicorn(
         "tests.keys_app:create_app()", env, workers=WORKERS, ready_path="/time"
     ) as running:
-        yield Server(running.url, store)
+        yield Server(running.url, store, running.log_text)
     store.close()
 
 
@@ -228,3 +230,21 @@ def test_tokens_are_not_refused_before_the_change(server: Server) -> None:
             pool.map(lambda _: ask(f"{server.url}/rooms/lobby", bearer(token)), range(64))
         )
     assert {a.status for a in answers} == {200}
+
+
+def test_no_secret_or_token_in_the_server_log(server: Server) -> None:
+    """Runs last in the module: everything above logged what it logs by now."""
+    key, full = server.store.create("log check")
+    token = server.token(full, client_id="alice")
+    ask(f"{server.url}/rooms/lobby", basic(full[:-1] + "x"))  # a mistyped key
+    requests.post(
+        f"{server.url}/keys/{key.key_name}/revokeTokens",
+        json={"targets": ["clientId:alice"]},
+        headers=basic(full),
+        timeout=30,
+    )
+    ask(f"{server.url}/rooms/lobby", bearer(token))
+    log = server.log()
+    assert "tkr_" not in log
+    assert token not in log
+    assert SIGNING_SECRET not in log

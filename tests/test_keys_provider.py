@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,27 @@ SIGNING_SECRET = "keys-provider-signing-secret-0123456789abcdef"
 START = 1_700_000_000_000
 
 
+#: A managed key's secret (or a long piece of one) anywhere in an answer is a leak.
+SECRET_LIKE = re.compile(rb"tkr_[A-Za-z0-9_-]{8}")
+
+
+class CheckedClient(FlaskClient):
+    """A test client that fails the test when an answer shows a managed key's secret."""
+
+    def open(self, *args: Any, **kwargs: Any) -> TestResponse:
+        response = super().open(*args, **kwargs)
+        assert not SECRET_LIKE.search(response.get_data())
+        assert not SECRET_LIKE.search(str(response.headers).encode())
+        return response
+
+
 class Worker:
     """One provider app on the shared database (a gunicorn worker, or another host)."""
 
     def __init__(self, app: Flask, provider: TokenProvider) -> None:
         self.app = app
         self.provider = provider
+        app.test_client_class = CheckedClient
         self.client: FlaskClient = app.test_client()
 
     @property
@@ -698,3 +714,24 @@ def test_postgres_unreachable_at_start_or_lost_later_fails_closed(
     provider2 = TokenProvider(app2, nonces=MemoryNonceStore(now_ms=clock, warn=False), now_ms=clock)
     error_of(Worker(app2, provider2).exchange(full), 503, 50003)
     provider2.close()
+
+
+def test_refusals_never_show_a_secret_in_logs(
+    worker: Worker, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, full = worker.store.create("k")
+    _, secret = parse_key(full)
+    token = worker.token(full)
+    with caplog.at_level(logging.DEBUG):
+        worker.get(basic(full[:-1] + "x"))  # mistyped: malformed
+        worker.get(basic(f"{key.key_name}:{format_secret(bytes(32))}"))  # wrong secret
+        worker.exchange(f"{key.key_name}:{format_secret(bytes(32))}")  # bad MAC
+        worker.revoke_tokens(full, {"targets": ["clientId:a"]})
+        worker.store.revoke(key.key_name, "leak test")
+        worker.get(bearer(token))
+        worker.get(basic(full))
+        worker.exchange(full)
+    logged = caplog.text + json.dumps(audit_rows(worker), default=str)
+    assert secret not in logged
+    assert token not in logged
+    assert not SECRET_LIKE.search(logged.encode())
