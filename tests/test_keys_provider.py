@@ -735,3 +735,11 @@ def test_refusals_never_show_a_secret_in_logs(
     assert secret not in logged
     assert token not in logged
     assert not SECRET_LIKE.search(logged.encode())
+
+
+def test_the_app_id_of_new_keys_is_a_setting(make_worker: MakeWorker) -> None:
+    key, _ = make_worker(TOKENREQ_APP_ID="billing").store.create("k")
+    assert key.key_name.startswith("billing.")
+    with pytest.raises(ConfigError) as info:
+        make_worker(TOKENREQ_APP_ID="bad.app")
+    assert "TOKENREQ_APP_ID" in str(info.value)
