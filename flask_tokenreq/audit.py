@@ -94,11 +94,14 @@ _known_events: set[str] = set(EVENTS)
 REDACTED = "[redacted]"
 
 # A tkr_ secret (or a long piece of one); a JWT or any other dotted token of
-# base64url parts (itsdangerous tickets too); a base64 HMAC-SHA256 (a MAC).
+# base64url parts (itsdangerous tickets too, whose later parts may be short:
+# an "eyJ" segment followed by a dot); a base64 HMAC-SHA256 (a MAC). A token
+# id (jti: random base64url, no dots) never matches, even when "tkr_" or
+# "eyJ" happens to be part of it.
 _SECRET_LIKE = re.compile(
-    r"tkr_[A-Za-z0-9_-]{8,}"
+    r"(?<![A-Za-z0-9_-])tkr_[A-Za-z0-9_-]{8,}"
     r"|[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    r"|(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}"
+    r"|(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\."
     r"|(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{43}="
 )
 _SECRET_NAMES = frozenset(
