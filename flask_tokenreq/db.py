@@ -143,8 +143,10 @@ class _Reader:
         self.conn = conn
         self.pid = os.getpid()
 
-    def close(self) -> None:
-        if self.pid == os.getpid():  # never a connection inherited from a parent
+    def close(self, _getpid: Any = os.getpid) -> None:
+        # _getpid is bound at definition: at interpreter exit, module globals
+        # such as ``os`` may already be None when the last reader is collected.
+        if self.pid == _getpid():  # never a connection inherited from a parent
             with contextlib.suppress(Exception):
                 self.conn.close()
 
