@@ -6,12 +6,16 @@ database failure into :class:`~flask_tokenreq.errors.StoreUnavailable` (503,
 code 50003: fail closed). Imported only by the modules that use SQL, so
 ``import flask_tokenreq`` does not load SQLAlchemy.
 
-- SQLite: WAL (readers do not block the writer), a busy timeout, relative
-  paths placed in the app's instance folder, and explicit ``BEGIN`` /
+The URL and the engine (psycopg 3 for ``postgresql://``, relative SQLite
+paths in the instance folder, connect, statement and busy timeouts) come
+from :mod:`flask_tokenreq.sqlengine`, shared with the nonce store. What this
+module adds for the key store and the audit log:
+
+- SQLite: WAL (readers do not block the writer), and explicit ``BEGIN`` /
   ``BEGIN IMMEDIATE`` so a write transaction holds the write lock from its
-  first statement (pysqlite would start it late, after the reads).
-- PostgreSQL (``postgresql://`` means psycopg 3): a connect timeout, a
-  statement timeout, ``READ COMMITTED``.
+  first statement (pysqlite would start it late, after the reads); the
+  hot-path reads on each thread's own connection.
+- PostgreSQL: ``READ COMMITTED``, connections pinged on checkout.
 - Forked workers (gunicorn ``--preload``) drop inherited connections.
 """
 
@@ -30,6 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from .errors import ConfigError, StoreUnavailable
+from .sqlengine import SQLITE_BUSY_TIMEOUT_MS, create_engine, parse_url
+from .stores.base import at_fork_in_child, describe
 
 __all__ = [
     "SETTING",
@@ -44,12 +50,6 @@ logger = logging.getLogger("flask_tokenreq")
 SETTING = "TOKENREQ_DATABASE_URL"
 #: File name of the default SQLite database inside the app's instance folder.
 DEFAULT_SQLITE_FILENAME = "tokenreq.sqlite3"
-#: Seconds to wait for a PostgreSQL connection before failing.
-CONNECT_TIMEOUT_S = 2
-#: Milliseconds a PostgreSQL statement (including lock waits) may take.
-STATEMENT_TIMEOUT_MS = 5000
-#: Milliseconds SQLite waits for another connection's write lock.
-SQLITE_BUSY_TIMEOUT_MS = 5000
 #: Execution option marking a connection whose transaction will write.
 WRITE_OPTION = "tokenreq_write"
 
@@ -65,15 +65,6 @@ class Prepared:
     order: tuple[str, ...] | None
     #: Values of the statement's own literals (``id = 1``), merged under the caller's.
     defaults: dict[str, Any]
-
-
-def describe(exc: BaseException) -> str:
-    """One line for logs: the exception type and the driver's message (never parameters)."""
-    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else None
-    text = " ".join(str(cause if cause is not None else exc).split())
-    # SQLAlchemy appends the statement and "[parameters: ...]" to its messages.
-    text = text.split("[SQL:", 1)[0].split("[parameters:", 1)[0].strip()
-    return f"{type(exc).__name__}: {text}"
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -99,41 +90,6 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
-def _postgres_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Per-connection PostgreSQL settings: a statement (or lock wait) cannot hang."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-    finally:
-        cursor.close()
-    dbapi_connection.commit()
-
-
-def parse_url(url: str, instance_path: str | None, *, setting: str = SETTING) -> sa.URL:
-    """Parse a SQLAlchemy URL: ``postgres(ql)://`` means psycopg 3; relative SQLite
-    paths go into ``instance_path``. Raises :class:`ConfigError` naming ``setting``."""
-    try:
-        u = sa.make_url(url)
-    except Exception:
-        raise ConfigError(f"{setting}: cannot parse the database URL") from None
-    if u.drivername in ("postgres", "postgresql"):
-        u = u.set(drivername="postgresql+psycopg")
-    if u.get_backend_name() == "sqlite":
-        database = u.database or ""
-        if database in ("", ":memory:") or "mode=memory" in database:
-            raise ConfigError(
-                f"{setting}: an in-memory SQLite database is not shared between connections "
-                "or processes; use a file (sqlite:///path)"
-            )
-        if not database.startswith("file:") and not os.path.isabs(database) and instance_path:
-            database = os.path.join(instance_path, database)
-            # Failing here shows later as StoreUnavailable, when the file cannot be opened.
-            with contextlib.suppress(OSError):
-                os.makedirs(os.path.dirname(database), exist_ok=True)
-            u = u.set(database=database)
-    return u
-
-
 class _Reader:
     """A thread's SQLite connection for :meth:`Database.fetch` (closed with its last reference)."""
 
@@ -153,23 +109,6 @@ class _Reader:
     # The thread ended (its locals went away): close rather than leave it to
     # the driver's finalizer, which can keep the file descriptor open.
     __del__ = close
-
-
-def _at_fork_in_child(obj: Database) -> None:
-    """Drop (without closing) connections a forked child inherited from its parent."""
-    if not hasattr(os, "register_at_fork"):  # pragma: no cover - not POSIX
-        return
-    ref = weakref.ref(obj)
-
-    def after_in_child() -> None:
-        target = ref()
-        if target is not None:
-            target.engine.dispose(close=False)
-            # The parent's reading connections are the parent's (fetch checks the pid).
-            target._all_readers = weakref.WeakSet()
-            target._reader_lock = threading.Lock()
-
-    os.register_at_fork(after_in_child=after_in_child)
 
 
 class Database:
@@ -208,31 +147,12 @@ class Database:
         self.backend = u.get_backend_name()
         # PostgreSQL connections die with a server restart: ping on checkout. A
         # SQLite connection is a file handle; pinging it would only cost time.
-        kwargs: dict[str, Any] = {
-            "pool_pre_ping": self.backend != "sqlite",
-            "pool_timeout": 10,
-        }
-        connect_args: dict[str, Any] = {}
-        if self.backend == "sqlite":
-            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
-        elif self.backend == "postgresql":
-            if "connect_timeout" not in u.query:
-                connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-            kwargs["isolation_level"] = "READ COMMITTED"
-        try:
-            self.engine = sa.create_engine(u, connect_args=connect_args, **kwargs)
-        except ImportError as exc:
-            raise ConfigError(
-                f"{setting}: the database driver for {self.url!r} is not installed ({exc.name}); "
-                "for PostgreSQL: pip install 'flask-tokenreq[postgres]'"
-            ) from None
-        except sa.exc.NoSuchModuleError:
-            raise ConfigError(
-                f"{setting}: unsupported database URL scheme in {self.url!r}; "
-                "use sqlite:///path or postgresql://..."
-            ) from None
-        except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"{setting}: invalid database URL {self.url!r}: {exc}") from None
+        self.engine = create_engine(
+            u,
+            setting=setting,
+            pre_ping=self.backend != "sqlite",
+            isolation_level="READ COMMITTED" if self.backend == "postgresql" else None,
+        )
         self.owned = True
         self._dbapi_error = self.engine.dialect.loaded_dbapi.Error
         if self.backend == "sqlite":
@@ -240,9 +160,14 @@ class Database:
         if self.backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)
-        elif self.backend == "postgresql":
-            event.listen(self.engine, "connect", _postgres_on_connect)
-        _at_fork_in_child(self)
+        at_fork_in_child(self, Database._after_fork)
+
+    def _after_fork(self) -> None:
+        """Drop (without closing) connections a forked child inherited from its parent."""
+        self.engine.dispose(close=False)
+        # The parent's reading connections are the parent's (fetch checks the pid).
+        self._all_readers = weakref.WeakSet()
+        self._reader_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Database({self.url!r})"

@@ -143,6 +143,8 @@ def describe(exc: BaseException) -> str:
     """
     cause = getattr(exc, "orig", None)
     text = " ".join(str(cause if isinstance(cause, BaseException) else exc).split())
+    # SQLAlchemy appends the statement and "[parameters: ...]" to its own messages.
+    text = text.split("[SQL:", 1)[0].split("[parameters:", 1)[0].strip()
     return f"{type(exc).__name__}: {text}"
 
 

@@ -13,9 +13,9 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from ..clock import Clock, now_ms
-from ..errors import ConfigError, StoreUnavailable
+from ..errors import StoreUnavailable
+from ..sqlengine import SQLITE_BUSY_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, create_engine, parse_url
 from .base import (
-    CONNECT_TIMEOUT_S,
     MAX_KEY_NAME_LENGTH,
     SETTING,
     at_fork_in_child,
@@ -24,7 +24,6 @@ from .base import (
     effective_expiry,
     logger,
     nonce_digest,
-    redact_url,
 )
 
 try:
@@ -39,11 +38,6 @@ __all__ = [
     "nonce_metadata",
     "nonces_table",
 ]
-
-#: Milliseconds a PostgreSQL statement (including lock waits) may take.
-STATEMENT_TIMEOUT_MS = 5000
-#: Milliseconds SQLite waits for another connection's write lock.
-SQLITE_BUSY_TIMEOUT_MS = 5000
 
 _T = TypeVar("_T")
 
@@ -75,45 +69,6 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous = FULL")
     finally:
         cursor.close()
-
-
-def _postgres_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Per-connection PostgreSQL settings: a statement (or lock wait) cannot hang."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-    finally:
-        cursor.close()
-    # A plain SET inside a transaction that is later rolled back is undone.
-    dbapi_connection.commit()
-
-
-def _sql_url(url: str, instance_path: str | None) -> sa.URL:
-    """Parse a SQLAlchemy URL, map ``postgres(ql)://`` to psycopg 3, place relative SQLite files."""
-    try:
-        u = sa.make_url(url)
-    except Exception:
-        raise ConfigError(f"{SETTING}: cannot parse the URL {redact_url(url)!r}") from None
-    if u.drivername in ("postgres", "postgresql"):
-        u = u.set(drivername="postgresql+psycopg")
-    if u.get_backend_name() == "sqlite":
-        database = u.database or ""
-        if (
-            database in ("", ":memory:")
-            or "mode=memory" in database
-            or u.query.get("mode") == "memory"
-        ):
-            raise ConfigError(
-                f"{SETTING}: an in-memory SQLite database is not shared between connections; "
-                "use a file (sqlite:///path) or memory://"
-            )
-        if not database.startswith("file:") and not os.path.isabs(database) and instance_path:
-            database = os.path.join(instance_path, database)
-            # A failure here shows as StoreUnavailable when the file cannot be opened.
-            with contextlib.suppress(OSError):
-                os.makedirs(os.path.dirname(database), exist_ok=True)
-            u = u.set(database=database)
-    return u
 
 
 def _upsert_statement(backend: str) -> Any:
@@ -213,44 +168,35 @@ class SqlNonceStore:
         upsert: bool | None = None,
     ) -> None:
         self._now = now_ms
-        u = _sql_url(url, instance_path)
+        u = parse_url(
+            url,
+            instance_path,
+            setting=SETTING,
+            memory_hint="use a file (sqlite:///path) or memory://",
+        )
         self.url = u.render_as_string(hide_password=True)
         self._backend = u.get_backend_name()
-        # No pool_pre_ping: a "SELECT 1" round trip before every claim costs as
-        # much as the claim itself. A connection found dead instead (database
-        # restarted, connections killed) is retried once on a fresh pool: see
-        # _guard.
-        kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_timeout": 10}
-        connect_args: dict[str, Any] = {}
         self._host_lock: _HostLock | None = None
         if self._backend == "sqlite":
-            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_MS / 1000
             database = u.database or ""
             if fcntl is not None and not database.startswith("file:"):
                 self._host_lock = _HostLock(database + ".lock")
-        elif self._backend == "postgresql" and "connect_timeout" not in u.query:
-            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-        if self._backend in ("sqlite", "postgresql"):
-            # Every statement is its own transaction: a claim is one statement,
-            # so no separate BEGIN and COMMIT (one round trip on PostgreSQL).
-            kwargs["isolation_level"] = "AUTOCOMMIT"
-        try:
-            self._engine = sa.create_engine(u, connect_args=connect_args, **kwargs)
-        except ImportError as exc:
-            raise ConfigError(
-                f"{SETTING}: the database driver for {self.url!r} is not installed ({exc.name})"
-            ) from None
-        except sa.exc.NoSuchModuleError:
-            raise ConfigError(
-                f"{SETTING}: unsupported URL scheme in {self.url!r}; use memory://, "
-                "sqlite:///path, postgresql://..., another SQLAlchemy URL, or redis://..."
-            ) from None
-        except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"{SETTING}: invalid database URL {self.url!r}: {exc}") from None
+        # No pool_pre_ping: a "SELECT 1" round trip before every claim costs as
+        # much as the claim itself. A connection found dead instead (database
+        # restarted, connections killed) is retried once on a fresh pool: see
+        # _guard. Every statement is its own transaction: a claim is one
+        # statement, so no separate BEGIN and COMMIT (one round trip on PostgreSQL).
+        autocommit = self._backend in ("sqlite", "postgresql")
+        self._engine = create_engine(
+            u,
+            setting=SETTING,
+            pre_ping=False,
+            isolation_level="AUTOCOMMIT" if autocommit else None,
+            schemes="memory://, sqlite:///path, postgresql://..., another SQLAlchemy URL, "
+            "or redis://...",
+        )
         if self._backend == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_on_connect)
-        elif self._backend == "postgresql":
-            sa.event.listen(self._engine, "connect", _postgres_on_connect)
         if upsert is None:
             upsert = self._backend in ("sqlite", "postgresql")
         self._upsert_sql: str | None = None
