@@ -362,6 +362,18 @@ def test_audit_purge_keeps_the_retention(cli: Cli) -> None:
     assert [e["event"] for e in cli("audit", "--json").json()] == ["key.created"]
 
 
+def test_nonces_purge(cli: Cli) -> None:
+    from flask_tokenreq.stores import open_nonce_store
+
+    # Three claims that expired long ago (a store on a clock at the epoch made them).
+    store = open_nonce_store(cli.env["TOKENREQ_NONCE_STORE"], now_ms=lambda: 0)
+    for n in range(3):
+        assert store.claim("app.key", f"expired-nonce-{n:04d}", 1000)
+    store.close()
+    assert cli("nonces", "purge", "--json").json() == {"purged": 3}
+    assert cli("nonces", "purge").out.strip() == "Purged 0 expired nonce claim(s)."
+
+
 # -- the key page's ticket ---------------------------------------------------------------
 
 
