@@ -1329,6 +1329,9 @@ def main() -> int:
     if out is None and not quick and sections == set(ALL_SECTIONS.split(",")):
         out = BENCH / "results.json"
 
+    import keys_bench  # bench/keys_bench.py: managed keys and the audit log (issue 10)
+
+    TARGETS.update(keys_bench.TARGETS)
     started = time.monotonic()
     wrk = ensure_wrk() if "http" in sections else shutil.which("wrk")
     ratios: dict[str, float | None] = dict.fromkeys(TARGETS)
@@ -1373,6 +1376,11 @@ def main() -> int:
                     tmp=tmp,
                     only_stores=set(args.stores.split(",")) if args.stores else None,
                     sqlite_dir=args.sqlite_dir,
+                )
+                ratios.update(r)
+                figures.update(f)
+                r, f = keys_bench.bench_keys(
+                    wrk, rounds=2 if quick else 15, seconds=1, warmup=1 if quick else 2, tmp=tmp
                 )
                 ratios.update(r)
                 figures.update(f)
