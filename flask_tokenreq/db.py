@@ -99,11 +99,12 @@ class _Reader:
         self.conn = conn
         self.pid = os.getpid()
 
-    def close(self, _getpid: Any = os.getpid) -> None:
-        # _getpid is bound at definition: at interpreter exit, module globals
-        # such as ``os`` may already be None when the last reader is collected.
+    def close(self, _getpid: Any = os.getpid, _suppress: Any = contextlib.suppress) -> None:
+        # No module globals here (both are bound at definition): at interpreter
+        # exit, ``os`` and ``contextlib`` may already be None when the last
+        # reader is collected.
         if self.pid == _getpid():  # never a connection inherited from a parent
-            with contextlib.suppress(Exception):
+            with _suppress(Exception):
                 self.conn.close()
 
     # The thread ended (its locals went away): close rather than leave it to
