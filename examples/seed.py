@@ -1,10 +1,11 @@
 """What the seed-flow examples share: settings from the environment and the examples' sign-in.
 
-``archiva_app.py``, ``velt_app.py`` and ``react_ably/app.py`` each show one
-flow users asked for. They read every ``TOKENREQ_*`` environment variable
-(JSON-parsed) and ``FLASK_*`` ones (``FLASK_SECRET_KEY``) into ``app.config``;
-what is missing falls back to development values, the same in every worker,
-with a warning: never deploy those. Every error answers Ably's JSON format.
+``archiva_app.py``, ``velt_app.py``, ``trivial_app.py`` and
+``react_ably/app.py`` each show one flow users asked for. They read every
+``TOKENREQ_*`` environment variable (JSON-parsed) and ``FLASK_*`` ones
+(``FLASK_SECRET_KEY``) into ``app.config``; what is missing falls back to
+development values, the same in every worker, with a warning: never deploy
+those. Every error answers Ably's JSON format.
 
 Sign-in is the other examples' (:mod:`examples.accounts`: bounded bodies,
 login CSRF check, rate limit, server-side sessions): ``POST /login`` (form or
@@ -37,18 +38,29 @@ DEV_VALUES = {
 }
 
 
-def configure(app: Flask, defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> None:
-    """The sign-in's safe defaults and ``defaults``, then the environment, then ``overrides``."""
+def configure(
+    app: Flask,
+    defaults: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None,
+    *,
+    dev_values: Mapping[str, Any] = DEV_VALUES,
+) -> None:
+    """The sign-in's safe defaults and ``defaults``, then the environment, then ``overrides``.
+
+    What is still missing of ``dev_values`` gets its development value, with a
+    warning. An app with an issuer (``TOKENREQ_KEY`` among them) and no
+    ``TOKENREQ_PROVIDER_KEYS`` has its provider share the issuer's key.
+    """
     apply_defaults(app)  # bounded bodies, cookie flags, sign-in limits
     app.config.update(defaults)
     settings.from_env(app.config)  # every TOKENREQ_* variable, JSON-parsed
     app.config.from_prefixed_env()  # FLASK_SECRET_KEY -> SECRET_KEY
     app.config.update(overrides or {})
-    for name, value in DEV_VALUES.items():
+    for name, value in dev_values.items():
         if not app.config.get(name):
             log.warning("%s is not set: using a development value (never deploy it)", name)
             app.config[name] = value
-    if not app.config.get("TOKENREQ_PROVIDER_KEYS"):
+    if "TOKENREQ_KEY" in dev_values and not app.config.get("TOKENREQ_PROVIDER_KEYS"):
         # The issuer and the provider live in one app here: they share the key.
         app.config["TOKENREQ_PROVIDER_KEYS"] = [app.config["TOKENREQ_KEY"]]
     ably_errors(app)  # every error of the app answers in Ably's JSON format

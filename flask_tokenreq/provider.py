@@ -311,17 +311,7 @@ class TokenProvider:
             """Ably's ``revokeTokens`` (DESIGN §7a), authenticated by the key it names."""
             state = self._state()
             _allow(request, "POST")
-            credentials = _credentials(request)
-            if credentials is None:
-                raise Unauthorized(
-                    "revokeTokens needs the key itself: send 'Authorization: Basic "
-                    "base64(keyName:secret)'"
-                )
-            if isinstance(credentials, str):
-                raise TokenAuthNotAllowed(
-                    "revokeTokens needs the key itself (Basic auth), not a token"
-                )
-            name, secret = credentials
+            name, secret = _key_only(_credentials(request), "revokeTokens")
             if name != key_name:
                 raise InvalidCredentials(
                     "revokeTokens must be authenticated with the key named in the URL"
@@ -468,16 +458,19 @@ class TokenProvider:
         state = self._state()
         return state.tokens.verify(token, state.keys)
 
-    def authenticate(self, req: Request | None = None) -> Identity:
+    def authenticate(self, req: Request | None = None, *, key_only: bool = False) -> Identity:
         """The :class:`Identity` of a request's credentials; raises a 401 error.
 
         ``Authorization: Bearer <jwt or base64 of it>``, or the key itself:
         ``Basic base64(keyName:secret)`` or ``Bearer appId.keyId:tkr_…`` (a
-        managed key); and an optional ``X-Ably-ClientId``.
+        managed key); and an optional ``X-Ably-ClientId``. With ``key_only``
+        only the key itself passes: a token is refused (40162) unverified.
         """
         req = request if req is None else req
         state = self._state()
         credentials = _credentials(req)
+        if key_only:
+            credentials = _key_only(credentials, "This endpoint")
         if credentials is None:
             raise Unauthorized(
                 "Authentication required: send 'Authorization: Bearer <token>' (or Basic key auth)"
@@ -506,7 +499,11 @@ class TokenProvider:
         return identity
 
     def require(
-        self, operation: str | None = None, resource: ResourceSpec = None
+        self,
+        operation: str | None = None,
+        resource: ResourceSpec = None,
+        *,
+        key_only: bool = False,
     ) -> Callable[[F], F]:
         """Decorator: the view runs only for a request whose credentials allow it.
 
@@ -515,7 +512,10 @@ class TokenProvider:
         arguments (``"{name}"`` or ``"chat:{room}"``) or a callable receiving
         them (``lambda name, **_: name``). Without ``resource`` the operation
         must be granted on some resource; without ``operation`` any valid
-        credentials pass. The :class:`Identity` is put in ``flask.g.tokenreq``.
+        credentials pass. ``key_only=True``: a server-to-server endpoint, for
+        the key itself (``Basic``, or ``Bearer appId.keyId:tkr_…``); a token is
+        refused with 40162, as ``revokeTokens`` does. The :class:`Identity` is
+        put in ``flask.g.tokenreq``.
         Refusals are Ably errors (they render themselves), also on routes
         outside the blueprint. ``OPTIONS`` requests (CORS preflights) pass
         through unauthenticated. ``async def`` views work (``ensure_sync``).
@@ -526,7 +526,7 @@ class TokenProvider:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 if request.method != "OPTIONS":
-                    g.tokenreq = self._authorize(operation, resolve, kwargs)
+                    g.tokenreq = self._authorize(operation, resolve, kwargs, key_only)
                 return current_app.ensure_sync(view)(*args, **kwargs)
 
             return cast(F, wrapper)
@@ -538,10 +538,11 @@ class TokenProvider:
         operation: str | None,
         resolve: Callable[[Mapping[str, Any]], str | None],
         kwargs: Mapping[str, Any],
+        key_only: bool,
     ) -> Identity:
         """The request's identity, checked against ``operation`` on the resolved resource."""
         try:
-            identity = self.authenticate(request)
+            identity = self.authenticate(request, key_only=key_only)
             if operation is not None:
                 _check_capability(identity, operation, resolve(kwargs))
         except TokenReqError:
@@ -774,6 +775,24 @@ def _credentials(req: Request) -> tuple[str, bytes] | str | None:
     if scheme == "basic":
         return _basic_credentials(value)
     raise Unauthorized("Unsupported Authorization scheme: use Bearer or Basic")
+
+
+def _key_only(credentials: tuple[str, bytes] | str | None, what: str) -> tuple[str, bytes]:
+    """The key of :func:`_credentials`, where only the key itself may authenticate.
+
+    No credentials: 40100. A bearer token: 40162 (Ably's "requires key
+    authentication"), before the token is verified.
+    """
+    if credentials is None:
+        raise Unauthorized(
+            f"{what} needs the key itself: send 'Authorization: Basic base64(keyName:secret)'"
+            " or 'Authorization: Bearer appId.keyId:tkr_…'"
+        )
+    if isinstance(credentials, str):
+        raise TokenAuthNotAllowed(
+            f"{what} needs the key itself (Basic, or Bearer with a managed key), not a token"
+        )
+    return credentials
 
 
 def _basic_credentials(value: str) -> tuple[str, bytes]:

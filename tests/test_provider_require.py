@@ -74,6 +74,11 @@ def build(clock: FakeClock, keys: Any = None) -> tuple[Flask, TokenProvider]:
     def stats() -> dict[str, Any]:
         return describe()
 
+    @app.post("/server/jobs")
+    @provider.require("publish", resource="jobs", key_only=True)
+    def server_to_server() -> dict[str, Any]:
+        return describe()
+
     @app.route("/whoami", methods=["GET", "OPTIONS"])
     @provider.require()
     def whoami() -> dict[str, Any]:
@@ -187,6 +192,25 @@ def test_basic_wrong_credentials(client: FlaskClient, credentials: str, code: in
 def test_basic_malformed_is_401_not_500(client: FlaskClient, value: str) -> None:
     response = client.get("/whoami", headers={"Authorization": f"Basic {value}"})
     assert_error(response, 401, 40101)
+
+
+def test_key_only_takes_the_key_and_refuses_tokens_unverified(
+    client: FlaskClient, clock: FakeClock
+) -> None:
+    """``require(key_only=True)``: Basic key auth passes; any token is 40162, as at revokeTokens."""
+    response = client.post("/server/jobs", headers={"Authorization": f"Basic {b64(KEY)}"})
+    assert response.status_code == 200
+    assert response.get_json()["kind"] == "basic"
+    token = token_for(client, clock, capability={"jobs": ["publish"]})
+    for header in (bearer(token), bearer(b64(token)), bearer("not-even-a-token")):
+        error = assert_error(client.post("/server/jobs", headers=header), 401, 40162)
+        assert "not a token" in error["message"]
+    error = assert_error(client.post("/server/jobs"), 401, 40100)
+    assert "the key itself" in error["message"]
+    wrong = {"Authorization": f"Basic {b64(KEY_NAME + ':wrong-secret-0123456789abcdef0123')}"}
+    assert_error(client.post("/server/jobs", headers=wrong), 401, 40101)
+    other = {"Authorization": f"Basic {b64(OTHER_KEY)}"}  # the key's capability still applies
+    assert_error(client.post("/server/jobs", headers=other), 401, 40160)
 
 
 def test_basic_capability_is_the_keys(client: FlaskClient) -> None:

@@ -13,6 +13,8 @@ snippet that stops working fails a test, and a new snippet nobody tests fails
   real ably-js browser build.
 - The Node client snippet and the ably-python snippet run against the two
   example servers that ``make examples`` starts.
+- The "Testing your app" snippet is saved as a test file in an empty folder
+  and run by plain pytest (the plugin comes from the installed package).
 
 The one change made to a snippet's text: host and port. The tests replace
 ``127.0.0.1:5000`` / ``5001`` with the ports the test servers got, and step 2's
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +87,7 @@ SNIPPETS = {
     "ably_python": ("python", "from ably import AblyRest"),
     "step2": ("js", "new Ably.Rest({ authUrl: '/api/tokenreq/token' })"),
     "node_client": ("js", "// client.mjs"),
+    "testing": ("python", "# test_exchange.py"),
 }
 
 
@@ -450,3 +455,30 @@ def test_ably_python_snippet_against_make_examples(
     exec(compile(source, "README.md[ably_python]", "exec"), {"__name__": "readme_ably"})
     out = capsys.readouterr().out
     assert out.startswith("alice [('greeting', 'hello')")
+
+
+# -- "Testing your app": the snippet is a test file of an app's own suite -----------------------
+
+
+def test_the_testing_snippet_runs_as_written_with_the_plugin(tmp_path: Path) -> None:
+    """Saved as ``test_exchange.py`` in an empty folder, plain ``pytest`` passes it."""
+    (tmp_path / "test_exchange.py").write_text(snippet("testing"), encoding="utf-8")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TOKENREQ_", "FLASK_", "PYTEST_", "PYTHON"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "error", "-rA"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED test_exchange.py::test_a_token_request_is_exchanged_once_and_in_time" in (
+        done.stdout
+    )
+    assert re.search(r"^=+ 1 passed", done.stdout, re.MULTILINE), done.stdout
