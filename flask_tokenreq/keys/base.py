@@ -114,9 +114,14 @@ class KeyView(Protocol):
     def capability(self) -> Capability: ...
 
 
+def has_passed(expires_ms: int | None, now_ms: int) -> bool:
+    """The one expiry rule: an expiry (ms; ``None`` for never) has come at that very ms."""
+    return expires_ms is not None and now_ms >= expires_ms
+
+
 def expired(key: KeyView, now_ms: int) -> bool:
     """Whether ``key`` has expired at ``now_ms`` (at its ``expires_at_ms`` or later)."""
-    return key.expires_at_ms is not None and now_ms >= key.expires_at_ms
+    return has_passed(key.expires_at_ms, now_ms)
 
 
 def check_active(key: KeyView, now_ms: int) -> None:

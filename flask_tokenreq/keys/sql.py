@@ -24,10 +24,11 @@ keys cannot decrypt is a :class:`~flask_tokenreq.errors.ConfigError` at
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +36,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from .. import models
-from ..audit import DEFAULT_RETENTION_DAYS, AuditLog
+from ..audit import DEFAULT_RETENTION_DAYS, AuditLog, AuditTransaction
 from ..capability import Capability
 from ..clock import Clock, now_ms
 from ..db import Database, describe
@@ -47,7 +48,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..settings import fernet_keys
-from .base import ApiKey, GraceSecret, KeyStatus, expired
+from .base import ApiKey, GraceSecret, KeyStatus, expired, has_passed
 from .secret import (
     hint,
     new_key_id,
@@ -152,7 +153,7 @@ class KeyInfo:
     def effective_status(self, now_ms: int) -> Literal["active", "revoked", "expired"]:
         if self.status == "revoked":
             return "revoked"
-        if self.expires_ms is not None and now_ms >= self.expires_ms:
+        if has_passed(self.expires_ms, now_ms):
             return "expired"
         return "active"
 
@@ -584,12 +585,24 @@ class SqlKeyStore:
         if conn.execute(g.update().where(g.c.id == 1).values(value=g.c.value + 1)).rowcount == 0:
             conn.execute(g.insert().values(id=1, value=1))
 
-    def _key_row(self, conn: sa.Connection, key_name: str) -> Any:
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[AuditTransaction]:
+        """The transaction of one key change: the generation bump first, then the
+        change and its audit rows, committed together (seen at once everywhere)."""
+        with self.audit.transaction() as tx:
+            self._bump(tx.conn)
+            yield tx
+
+    def _key_row(self, conn: sa.Connection, key_name: str, *, if_revoked: str | None = None) -> Any:
+        """The key's row (404 without one). Revoking is final: for a change that a
+        revoked key cannot have, ``if_revoked`` is the message of its 409."""
         if not _plausible_name(key_name):
             raise NotFound("No managed key with that name")
         row = conn.execute(sa.select(models.keys).where(models.keys.c.key_name == key_name)).first()
         if row is None:
             raise NotFound(f"No managed key {key_name!r}")
+        if if_revoked is not None and row.status == "revoked":
+            raise Conflict(f"Key {key_name!r} {if_revoked}")
         return row
 
     def create(
@@ -651,9 +664,8 @@ class SqlKeyStore:
     ) -> None:
         now = self._now()
         try:
-            with self.audit.transaction() as tx:
+            with self._change() as tx:
                 conn = tx.conn
-                self._bump(conn)
                 if conn.execute(
                     sa.select(models.keys.c.key_name).where(models.keys.c.key_name == key_name)
                 ).first():
@@ -708,13 +720,11 @@ class SqlKeyStore:
         def run() -> None:
             now = self._now()
             s = models.key_secrets
-            with self.audit.transaction() as tx:
+            with self._change() as tx:
                 conn = tx.conn
-                self._bump(conn)
-                row = self._key_row(conn, key_name)
-                if row.status == "revoked":
-                    raise Conflict(f"Key {key_name!r} is revoked; a revoked key cannot be rotated")
-                if row.expires_at is not None and now >= row.expires_at:
+                revoked = "is revoked; a revoked key cannot be rotated"
+                row = self._key_row(conn, key_name, if_revoked=revoked)
+                if has_passed(row.expires_at, now):
                     raise Conflict(f"Key {key_name!r} has expired; create a new key instead")
                 mine = s.c.key_name == key_name
                 if grace_ms == 0:
@@ -748,12 +758,9 @@ class SqlKeyStore:
         def run() -> None:
             now = self._now()
             k = models.keys
-            with self.audit.transaction() as tx:
+            with self._change() as tx:
                 conn = tx.conn
-                self._bump(conn)
-                row = self._key_row(conn, key_name)
-                if row.status == "revoked":
-                    raise Conflict(f"Key {key_name!r} is already revoked")
+                self._key_row(conn, key_name, if_revoked="is already revoked")
                 conn.execute(
                     k.update()
                     .where(k.c.key_name == key_name)
@@ -823,9 +830,8 @@ class SqlKeyStore:
 
         def run() -> None:
             r = models.token_revocations
-            with self.audit.transaction() as tx:
+            with self._change() as tx:
                 conn = tx.conn
-                self._bump(conn)
                 self._key_row(conn, key_name)
                 conn.execute(
                     r.insert(),
@@ -892,9 +898,8 @@ class SqlKeyStore:
 
         def run() -> int:
             s, m = models.key_secrets, models.meta
-            with self.audit.transaction() as tx:
+            with self._change() as tx:
                 conn = tx.conn
-                self._bump(conn)
                 rows = conn.execute(sa.select(s.c.id, s.c.ciphertext)).all()
                 updates = []
                 for row in rows:
