@@ -19,8 +19,6 @@ open ``/projects/p1``.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +31,7 @@ from markupsafe import escape
 if not __package__:  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.seed import User, add_sign_in, configure, username
+from examples.seed import User, add_sign_in, configure, serve, username
 from flask_tokenreq import TokenIssuer, TokenProvider
 from flask_tokenreq.errors import BadRequest
 
@@ -200,9 +198,4 @@ refresh();
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    create_app().run(host=args.host, port=args.port)
+    serve(create_app, __doc__)

@@ -15,8 +15,9 @@ JSON: ``username``, ``password``) and ``POST /logout``, for the demo users
 
 from __future__ import annotations
 
+import argparse
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response
@@ -26,7 +27,7 @@ from flask_tokenreq import settings
 from flask_tokenreq.errors import ably_errors
 from flask_tokenreq.http import json_response
 
-__all__ = ["DEV_VALUES", "User", "add_sign_in", "configure", "username"]
+__all__ = ["DEV_VALUES", "User", "add_sign_in", "configure", "serve", "username"]
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,13 @@ def username(user: User) -> str:
     Register it with ``issuer.client_id_loader(username)``.
     """
     return user.username
+
+
+def serve(create_app: Callable[[], Flask], doc: str | None) -> None:
+    """``python examples/<flow>_app.py [--host H] [--port 5000]``: the example, served."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    create_app().run(host=args.host, port=args.port)

@@ -27,8 +27,6 @@ Run ``python examples/trivial_app.py [--port 5000]``.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import secrets
 import sys
 from collections.abc import Mapping
@@ -40,7 +38,7 @@ from flask import Flask, g, request
 if not __package__:  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.seed import configure
+from examples.seed import configure, serve
 from flask_tokenreq import TokenProvider
 from flask_tokenreq.errors import BadRequest
 
@@ -90,9 +88,4 @@ def create_app(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    create_app().run(host=args.host, port=args.port)
+    serve(create_app, __doc__)

@@ -23,8 +23,6 @@ Run ``python examples/velt_app.py [--port 5000]`` and sign in with
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +33,7 @@ from flask import Flask, g, request
 if not __package__:  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from examples.seed import User, add_sign_in, configure, username
+from examples.seed import User, add_sign_in, configure, serve, username
 from flask_tokenreq import TokenIssuer, TokenProvider
 from flask_tokenreq.errors import BadRequest, Forbidden, NotFound
 
@@ -127,9 +125,4 @@ def create_app(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    create_app().run(host=args.host, port=args.port)
+    serve(create_app, __doc__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -57,6 +58,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'tokenreq.sqlite3'}"
     url: str = request.getfixturevalue("pg_schema")
     return url
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def module_db_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``db_url`` for a whole module (one server per database): a SQLite file, then a
+    PostgreSQL schema of its own, dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'tokenreq.sqlite3'}"
+        return
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    with fresh_schema(postgres_url, uuid.uuid4().hex[:12]) as url:
+        yield url
 
 
 class TcpProxy:

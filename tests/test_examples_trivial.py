@@ -10,12 +10,10 @@ whichever worker takes it. No answer and no log line holds the key's secret.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,10 @@ import requests
 from flask_tokenreq import sign_token_request
 from flask_tokenreq.keys import parse_key
 from tests.conftest import ROOT
-from tests.dbs import FERNET_1, fresh_schema
+from tests.dbs import FERNET_1, module_db_url
 from tests.servers import Gunicorn, run_gunicorn
+
+__all__ = ["module_db_url"]  # a fixture used by name
 
 FLASK = str(Path(sys.executable).with_name("flask"))
 APP = "examples.trivial_app:create_app()"
@@ -83,31 +83,21 @@ def refused(response: Any, status: int, code: int) -> str:
     return message
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def trivial(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Trivial]:
+@pytest.fixture(scope="module")
+def trivial(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trivial]:
     """One server per database for this module's tests; each test makes its own keys."""
     tmp = tmp_path_factory.mktemp("trivial")
-    with contextlib.ExitStack() as stack:
-        if request.param == "sqlite":
-            database = f"sqlite:///{tmp / 'keys.sqlite3'}"
-        else:
-            postgres: str = request.getfixturevalue("postgres_url")
-            database = stack.enter_context(fresh_schema(postgres, uuid.uuid4().hex[:12]))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENREQ_", "FLASK_"))}
-        env.update(
-            {
-                "TOKENREQ_KEY_ENCRYPTION_KEYS": json.dumps([FERNET_1]),
-                "TOKENREQ_DATABASE_URL": database,
-                "TOKENREQ_NONCE_STORE": f"sqlite:///{tmp / 'nonces.sqlite3'}",
-                "TOKENREQ_SIGNING_SECRET": "trivial-test-signing-secret-0123456789abcdef",
-                "PYTHONWARNINGS": "ignore",
-            }
-        )
-        server = stack.enter_context(run_gunicorn(APP, env, workers=2, ready_path="/time"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENREQ_", "FLASK_"))}
+    env.update(
+        {
+            "TOKENREQ_KEY_ENCRYPTION_KEYS": json.dumps([FERNET_1]),
+            "TOKENREQ_DATABASE_URL": module_db_url,
+            "TOKENREQ_NONCE_STORE": f"sqlite:///{tmp / 'nonces.sqlite3'}",
+            "TOKENREQ_SIGNING_SECRET": "trivial-test-signing-secret-0123456789abcdef",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    with run_gunicorn(APP, env, workers=2, ready_path="/time") as server:
         yield Trivial(env, server)
 
 

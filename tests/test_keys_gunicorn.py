@@ -15,7 +15,6 @@ import base64
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ import requests
 
 from flask_tokenreq import sign_token_request
 from flask_tokenreq.keys.sql import SqlKeyStore
-from tests.dbs import FERNET_1, fresh_schema
+from tests.dbs import FERNET_1, module_db_url
 from tests.servers import run_gunicorn
+
+__all__ = ["module_db_url"]  # a fixture used by name
 
 WORKERS = 4
 THREADS = 8
@@ -146,17 +147,10 @@ def check_change_bites(
     assert len({a.pid for a in after}) == WORKERS
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def server(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("gunicorn-keys")
-    if request.param == "sqlite":
-        database = f"sqlite:///{tmp / 'keys.sqlite3'}"
-    else:
-        database = request.getfixturevalue("module_pg_schema")
+    database = module_db_url
     env = {
         "TOKENREQ_KEY_ENCRYPTION_KEYS": json.dumps([FERNET_1]),
         "TOKENREQ_DATABASE_URL": database,
@@ -170,13 +164,6 @@ def server(
     ) as running:
         yield Server(running.url, store, running.log_text)
     store.close()
-
-
-@pytest.fixture(scope="module")
-def module_pg_schema(postgres_url: str) -> Iterator[str]:
-    """A PostgreSQL schema of its own for the module's server."""
-    with fresh_schema(postgres_url, uuid.uuid4().hex[:12]) as url:
-        yield url
 
 
 def test_a_revoked_key_is_refused_by_every_worker_at_once(server: Server) -> None:

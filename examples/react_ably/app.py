@@ -25,8 +25,6 @@ subscribe, history) or ``bob`` / ``bob-password`` (subscribe, history).
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +34,7 @@ from flask import Flask, Request, Response, render_template, send_file
 from flask_login import current_user
 
 from examples.provider_app import MessageStore, channels_blueprint
-from examples.seed import User, add_sign_in, configure, username
+from examples.seed import User, add_sign_in, configure, serve, username
 from flask_tokenreq import TokenIssuer, TokenProvider
 from flask_tokenreq.errors import NotFound
 
@@ -83,9 +81,4 @@ def create_app(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    create_app().run(host=args.host, port=args.port)
+    serve(create_app, __doc__)
