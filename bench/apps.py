@@ -24,7 +24,7 @@ from flask_login import LoginManager, UserMixin, current_user, login_user
 
 from flask_tokenreq import TokenIssuer, TokenProvider
 from flask_tokenreq.errors import Unauthorized
-from flask_tokenreq.http import error_response, json_response
+from flask_tokenreq.http import json_response
 
 KEY_NAME = "benchapp.benchkey"
 KEY_SECRET = "bench-key-secret-0123456789abcdef0123456789abcdef"
@@ -101,14 +101,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     def do_login() -> Response:
         username = request.form.get("username", "")
         if not username.startswith("user-"):
-            return error_response(Unauthorized("unknown user"))
+            raise Unauthorized("unknown user")
         login_user(User(username))
         return json_response({"user": username})
 
     @app.get("/empty")
     def empty() -> Response:
         if not current_user.is_authenticated:
-            return error_response(Unauthorized("Login required"))
+            raise Unauthorized("Login required")
         return json_response({"ok": True})
 
     def channel(name: str) -> Response:

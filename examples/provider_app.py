@@ -36,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, request
 
-from flask_tokenreq import config
+from flask_tokenreq import settings
 from flask_tokenreq.clock import Clock, now_ms
 from flask_tokenreq.errors import (
     BadRequest,
@@ -455,6 +455,17 @@ def development_managed_key(settings_: Mapping[str, Any], instance_path: str) ->
 # -- the app ---------------------------------------------------------------------
 
 
+def example_setting(app: Flask, name: str, check: settings.Check, default: Any) -> Any:
+    """A setting of this example only (not in :mod:`flask_tokenreq.settings`).
+
+    From ``app.config``, where ``settings.from_env`` put the environment's;
+    unset or empty is ``default``; a value is checked as the package checks its
+    own (a :class:`~flask_tokenreq.errors.ConfigError` naming the setting).
+    """
+    value = app.config.get(name)
+    return default if value is None or value == "" else check(name, value)
+
+
 def create_app(
     overrides: Mapping[str, Any] | None = None,
     *,
@@ -465,7 +476,7 @@ def create_app(
     app = Flask(__name__, instance_path=instance_path)
     # Forms are never expected here; FLASK_* variables and overrides may change these.
     app.config.update(MAX_FORM_MEMORY_SIZE=16 * 1024, MAX_FORM_PARTS=100)
-    config.from_env(app.config)  # every TOKENREQ_* variable, JSON-parsed
+    settings.from_env(app.config)  # every TOKENREQ_* variable, JSON-parsed
     app.config.from_prefixed_env()  # FLASK_SECRET_KEY -> SECRET_KEY
     app.config.update(overrides or {})
     managed = bool(app.config.get("TOKENREQ_KEY_ENCRYPTION_KEYS"))
@@ -488,20 +499,18 @@ def create_app(
             app.config[setting] = dev_value
 
     provider = TokenProvider(app, now_ms=now_ms)
-    database = config.get_str(app.config, "TOKENREQ_MESSAGES_DATABASE")
-    if not database:
+    database = example_setting(app, "TOKENREQ_MESSAGES_DATABASE", settings.string, None)
+    if database is None:
         os.makedirs(app.instance_path, exist_ok=True)
         database = "sqlite:///" + os.path.join(app.instance_path, "example-messages.sqlite3")
     store = MessageStore(database)
-    max_bytes = config.get_int(
-        app.config, "TOKENREQ_MESSAGES_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=256
+    max_bytes = example_setting(
+        app, "TOKENREQ_MESSAGES_MAX_BYTES", settings.integer(minimum=256), DEFAULT_MAX_BYTES
     )
     if app.config.get("MAX_CONTENT_LENGTH") is None:
         # Every body is bounded, chunked or not (413 beyond), whatever reads it.
         app.config["MAX_CONTENT_LENGTH"] = 2 * max_bytes
-    cors = Cors(
-        config.get_str_list(app.config, "TOKENREQ_PROVIDER_CORS_ORIGINS"), headers=CORS_HEADERS
-    )
+    cors = Cors(settings.read(app.config, "TOKENREQ_PROVIDER_CORS_ORIGINS"), headers=CORS_HEADERS)
     app.extensions["example_messages"] = store
 
     app.register_blueprint(

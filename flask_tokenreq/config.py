@@ -7,11 +7,19 @@ read with :func:`flask_tokenreq.settings.read`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
 from .settings import _int, boolean, from_env, str_list
+
+warnings.warn(
+    "flask_tokenreq.config is deprecated and will be removed in the next release; "
+    "use flask_tokenreq.settings (settings.from_env, settings.read) instead",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["from_env", "get_bool", "get_int", "get_str", "get_str_list", "lookup"]
 

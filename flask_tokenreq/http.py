@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -180,4 +181,10 @@ class Cors:
 
 def error_response(error: TokenReqError) -> Response:
     """Deprecated: raise the error instead (it renders itself); kept for one release."""
+    warnings.warn(
+        "flask_tokenreq.http.error_response is deprecated and will be removed in the next "
+        "release; raise the error instead (a TokenReqError renders itself)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return error.get_response()  # type: ignore[return-value]

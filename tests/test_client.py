@@ -36,9 +36,9 @@ from flask_tokenreq.errors import (
     TokenReqError,
     Unauthorized,
 )
-from flask_tokenreq.http import error_response, json_response
-from flask_tokenreq.nonces import MemoryNonceStore
+from flask_tokenreq.http import json_response
 from flask_tokenreq.provider import TokenProvider
+from flask_tokenreq.stores import MemoryNonceStore
 
 from .conftest import KEY, KEY_NAME, SECRET, FakeClock
 from .servers import HitCounter, serve_app
@@ -77,7 +77,7 @@ def make_app(clock: FakeClock) -> tuple[Flask, HitCounter]:
 
     @app.get("/always-expired")
     def always_expired() -> Response:
-        return error_response(TokenReqError("Token expired", code=40142, status=401))
+        raise TokenReqError("Token expired", code=40142, status=401)
 
     @app.route("/auth/tokenrequest", methods=["GET", "POST"])
     def auth_tokenrequest() -> Response:
@@ -127,7 +127,7 @@ def make_app(clock: FakeClock) -> tuple[Flask, HitCounter]:
     @app.get("/auth/login-required")
     def auth_login_required() -> Response:
         if request.cookies.get("session") != COOKIE:
-            return error_response(Unauthorized("log in first"))
+            raise Unauthorized("log in first")
         return json_response(signed())
 
     @app.post("/login")
@@ -205,7 +205,7 @@ def test_exchange_unknown_code_falls_back_to_base_class() -> None:
 
     @app.post("/odd/keys/<name>/requestToken")
     def odd(name: str) -> Response:
-        return error_response(TokenReqError("I'm a teapot", code=41800, status=418))
+        raise TokenReqError("I'm a teapot", code=41800, status=418)
 
     @app.post("/plain/keys/<name>/requestToken")
     def plain(name: str) -> Response:
@@ -496,7 +496,7 @@ def test_waiters_share_a_failed_refresh(clock: FakeClock) -> None:
     def gated_fail() -> Response:
         entered.set()
         release.wait(timeout=10)
-        return error_response(Unauthorized("session expired"))
+        raise Unauthorized("session expired")
 
     with serve_app(app) as url:
         client = TokenClient(url + "/auth/gated-fail", url, now_ms=clock)
@@ -586,7 +586,7 @@ def test_auth_retry_resends_the_body(provider: Provider) -> None:
         calls["n"] += 1
         bodies.append(request.get_data())
         if calls["n"] == 1:
-            return error_response(TokenReqError("Token expired", code=40142, status=401))
+            raise TokenReqError("Token expired", code=40142, status=401)
         return json_response({"ok": True})
 
     client = TokenClient(provider.url + "/auth/details", now_ms=provider.clock)

@@ -123,3 +123,15 @@ def test_header_message_is_one_latin1_line() -> None:
     error = TokenReqError("line one\nline two \u2603", code=40000, status=400)
     headers = dict(error.get_headers())
     assert headers["X-Ably-ErrorMessage"] == "line one line two ?"
+
+
+def test_error_response_still_works_with_a_deprecation_warning() -> None:
+    """``http.error_response`` (deprecated for one release): the error's own response."""
+    from flask_tokenreq.http import error_response
+
+    app = Flask(__name__)
+    with app.test_request_context(), pytest.warns(DeprecationWarning, match="raise the error"):
+        response = error_response(NonceReplayed("replayed"))
+    assert response.status_code == 401
+    assert response.headers["X-Ably-ErrorCode"] == "40105"
+    assert json.loads(response.get_data())["error"]["code"] == 40105

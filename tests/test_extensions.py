@@ -15,8 +15,8 @@ from flask_login import LoginManager, UserMixin, login_user
 
 from flask_tokenreq import TokenIssuer, TokenProvider, TokenRequest, clock, sign_token_request
 from flask_tokenreq.issuer import STATE as ISSUER_STATE
-from flask_tokenreq.nonces import MemoryNonceStore
 from flask_tokenreq.provider import STATE as PROVIDER_STATE
+from flask_tokenreq.stores import MemoryNonceStore
 from flask_tokenreq.testing import ManualClock, Recorder
 
 from .conftest import KEY, KEY_NAME, OTHER_KEY, ROOT, FakeClock

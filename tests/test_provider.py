@@ -24,8 +24,8 @@ from werkzeug.test import TestResponse
 from flask_tokenreq import Capability, TokenRequest, sign_token_request
 from flask_tokenreq.errors import ConfigError, StoreUnavailable
 from flask_tokenreq.keys import ApiKey, StaticKeyStore
-from flask_tokenreq.nonces import MemoryNonceStore, open_nonce_store
 from flask_tokenreq.provider import CORS_HEADERS, TokenProvider
+from flask_tokenreq.stores import MemoryNonceStore, open_nonce_store
 from flask_tokenreq.tokenrequest import compute_mac
 
 from .conftest import KEY, KEY_NAME, OTHER_KEY, OTHER_SECRET, SECRET, FakeClock

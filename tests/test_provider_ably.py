@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from flask import Flask, g
 
-from flask_tokenreq.nonces import MemoryNonceStore
 from flask_tokenreq.provider import TokenProvider
+from flask_tokenreq.stores import MemoryNonceStore
 
 from .conftest import KEY
 from .servers import serve_app

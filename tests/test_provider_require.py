@@ -11,8 +11,8 @@ from flask import Flask, g
 from flask.testing import FlaskClient
 
 from flask_tokenreq.keys import ApiKey, StaticKeyStore
-from flask_tokenreq.nonces import MemoryNonceStore
 from flask_tokenreq.provider import TokenProvider, current_identity
+from flask_tokenreq.stores import MemoryNonceStore
 from flask_tokenreq.tokens import Identity
 
 from .conftest import KEY, KEY_NAME, OTHER_KEY, OTHER_SECRET, SECRET, FakeClock

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,22 @@ def test_registry_entries_are_documented() -> None:
         assert "|" not in setting.doc
         assert setting.role in {"issuer", "provider", "keys", "admin"}
     assert Path(settings.__file__).name == "settings.py"
+
+
+def test_the_old_config_module_still_works_with_a_deprecation_warning() -> None:
+    """``flask_tokenreq.config`` (deprecated for one release) warns once, on import."""
+    code = """
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    from flask_tokenreq import config
+from flask_tokenreq import settings
+assert config.from_env is settings.from_env
+assert config.get_int({"TOKENREQ_X": "7"}, "TOKENREQ_X", 1, minimum=1) == 7
+print([str(w.message) for w in caught if w.category is DeprecationWarning])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "use flask_tokenreq.settings" in done.stdout

@@ -31,7 +31,7 @@ import flask_tokenreq.testing
 from flask_tokenreq import TokenIssuer, TokenProvider, TokenRequest, parse_key, verify_mac
 from flask_tokenreq.clock import now_ms
 from flask_tokenreq.keys.base import configured_key
-from flask_tokenreq.nonces import open_nonce_store
+from flask_tokenreq.stores import open_nonce_store
 from flask_tokenreq.testing import Exchange, ManualClock, Recorder
 from flask_tokenreq.tokens import TokenService
 

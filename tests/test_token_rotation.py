@@ -29,8 +29,8 @@ from flask_tokenreq import Capability
 from flask_tokenreq.errors import ConfigError, TokenReqError
 from flask_tokenreq.keys import ApiKey, StaticKeyStore
 from flask_tokenreq.keys.base import GraceSecret
-from flask_tokenreq.nonces import MemoryNonceStore
 from flask_tokenreq.provider import TokenProvider
+from flask_tokenreq.stores import MemoryNonceStore
 from flask_tokenreq.tokens import Identity, TokenService
 
 from .conftest import KEY, KEY_NAME, SECRET, FakeClock

@@ -30,8 +30,8 @@ from flask_tokenreq.errors import (
     TokenRevoked,
 )
 from flask_tokenreq.keys import ApiKey, KeyStore, StaticKeyStore
-from flask_tokenreq.nonces import MemoryNonceStore
 from flask_tokenreq.provider import TokenProvider
+from flask_tokenreq.stores import MemoryNonceStore
 from flask_tokenreq.tokens import Identity, TokenService
 
 from .conftest import KEY, KEY_NAME, OTHER_KEY, OTHER_SECRET, SECRET, FakeClock
