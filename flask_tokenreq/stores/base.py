@@ -1,4 +1,4 @@
-"""What every nonce store shares: the protocol, argument checks, URL redaction.
+"""What every nonce store shares: protocol, checks, claim key, fail-closed answer, redaction.
 
 Imports nothing beyond the standard library and this package's errors and
 clock, so ``import flask_tokenreq.stores`` loads no database driver.
@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..errors import StoreUnavailable
+
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "MAX_KEY_NAME_LENGTH",
@@ -21,11 +23,13 @@ __all__ = [
     "NonceStore",
     "at_fork_in_child",
     "check_args",
+    "claim_key",
     "describe",
     "effective_expiry",
     "logger",
     "nonce_digest",
     "redact_url",
+    "unavailable",
 ]
 
 logger = logging.getLogger("flask_tokenreq")
@@ -126,6 +130,13 @@ def nonce_digest(nonce: str) -> bytes:
     return hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).digest()
 
 
+def claim_key(key_name: str, nonce: str, expires_at_ms: int) -> bytes:
+    """What every backend's ``claim`` starts with: the arguments checked (at run
+    time too), then the nonce's digest (a claim is stored under ``key_name`` and it)."""
+    check_args(key_name, nonce, expires_at_ms)
+    return nonce_digest(nonce)
+
+
 def effective_expiry(expires_at_ms: int, now: int) -> int:
     """The claim's last live millisecond: never before ``now``.
 
@@ -146,6 +157,13 @@ def describe(exc: BaseException) -> str:
     # SQLAlchemy appends the statement and "[parameters: ...]" to its own messages.
     text = text.split("[SQL:", 1)[0].split("[parameters:", 1)[0].strip()
     return f"{type(exc).__name__}: {text}"
+
+
+def unavailable(backend: str, url: str, exc: BaseException) -> StoreUnavailable:
+    """The one fail-closed answer to a backend failure: a log line (``url`` is the
+    store's redacted URL), then a 503 (50003) naming the backend; never ``True``."""
+    logger.warning("nonce store %s failed: %s", url, describe(exc))
+    return StoreUnavailable(f"Nonce store unavailable ({backend} at {url}): {type(exc).__name__}")
 
 
 def at_fork_in_child(obj: _T, action: Callable[[_T], None]) -> None:

@@ -6,7 +6,7 @@ import heapq
 import threading
 
 from ..clock import Clock, now_ms
-from .base import SETTING, at_fork_in_child, check_args, effective_expiry, logger, nonce_digest
+from .base import SETTING, at_fork_in_child, claim_key, effective_expiry, logger
 
 __all__ = ["MemoryNonceStore"]
 
@@ -48,8 +48,7 @@ class MemoryNonceStore:
         self._lock = threading.Lock()
 
     def claim(self, key_name: str, nonce: str, expires_at_ms: int) -> bool:
-        check_args(key_name, nonce, expires_at_ms)
-        entry = (key_name, nonce_digest(nonce))
+        entry = (key_name, claim_key(key_name, nonce, expires_at_ms))
         with self._lock:
             now = self._now()
             self._drop_expired(now, self.PURGE_PER_CLAIM)

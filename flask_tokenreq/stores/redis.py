@@ -17,12 +17,11 @@ from .base import (
     CONNECT_TIMEOUT_S,
     SETTING,
     at_fork_in_child,
-    check_args,
-    describe,
+    claim_key,
     effective_expiry,
     logger,
-    nonce_digest,
     redact_url,
+    unavailable,
 )
 
 __all__ = ["MIN_TTL_MS", "REDIS_KEY_PREFIX", "SOCKET_TIMEOUT_S", "RedisNonceStore"]
@@ -83,8 +82,8 @@ class RedisNonceStore:
         return cls(url, now_ms=now_ms)
 
     def claim(self, key_name: str, nonce: str, expires_at_ms: int) -> bool:
-        check_args(key_name, nonce, expires_at_ms)
-        key = f"{REDIS_KEY_PREFIX}{key_name}:{nonce_digest(nonce).hex()}".encode()
+        digest = claim_key(key_name, nonce, expires_at_ms)
+        key = f"{REDIS_KEY_PREFIX}{key_name}:{digest.hex()}".encode()
         token = secrets.token_hex(8)
         try:
             try:
@@ -185,10 +184,7 @@ class RedisNonceStore:
         return f"RedisNonceStore({self.url!r})"
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
-        logger.warning("nonce store %s failed: %s", self.url, describe(exc))
-        return StoreUnavailable(
-            f"Nonce store unavailable (redis at {self.url}): {type(exc).__name__}"
-        )
+        return unavailable("redis", self.url, exc)
 
     def _check_eviction_policy(self) -> None:
         """Warn unless ``maxmemory-policy`` is ``noeviction`` (evicted nonces could be replayed).

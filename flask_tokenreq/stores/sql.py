@@ -19,11 +19,11 @@ from .base import (
     MAX_KEY_NAME_LENGTH,
     SETTING,
     at_fork_in_child,
-    check_args,
+    claim_key,
     describe,
     effective_expiry,
     logger,
-    nonce_digest,
+    unavailable,
 )
 
 try:
@@ -245,8 +245,7 @@ class SqlNonceStore:
     # -- the public API
 
     def claim(self, key_name: str, nonce: str, expires_at_ms: int) -> bool:
-        check_args(key_name, nonce, expires_at_ms)
-        digest = nonce_digest(nonce).hex()
+        digest = claim_key(key_name, nonce, expires_at_ms).hex()
         claimed = self._guard(lambda: self._claim(key_name, digest, expires_at_ms))
         self._maybe_purge()
         return claimed
@@ -319,10 +318,7 @@ class SqlNonceStore:
         except StoreUnavailable:
             raise
         except Exception as exc:
-            logger.warning("nonce store %s failed: %s", self.url, describe(exc))
-            raise StoreUnavailable(
-                f"Nonce store unavailable ({self._backend} at {self.url}): {type(exc).__name__}"
-            ) from exc
+            raise unavailable(self._backend, self.url, exc) from exc
 
     @contextlib.contextmanager
     def _host_exclusive(self) -> Iterator[None]:
