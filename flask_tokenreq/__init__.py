@@ -2,7 +2,8 @@
 
 Sign TokenRequests locally for logged-in users (:class:`TokenIssuer`),
 exchange them for short-lived tokens and guard resources with those tokens
-(:class:`TokenProvider`). The secret key never crosses the network.
+(:class:`TokenProvider`), and let the people the app chooses manage the keys
+on a page (:class:`KeyAdmin`). The secret key never crosses the network.
 
 Names are imported on first use, so ``import flask_tokenreq`` loads no
 storage driver, HTTP client or extension until the app asks for one.
@@ -22,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": ".errors",
     "Identity": ".tokens",
     "InvalidCapability": ".capability",
+    "KeyAdmin": ".admin",
     "KeyStore": ".keys",
     "NonceStore": ".stores",
     "StaticKeyStore": ".keys",
@@ -49,6 +51,7 @@ __all__ = [
     "ConfigError",
     "Identity",
     "InvalidCapability",
+    "KeyAdmin",
     "KeyStore",
     "NonceStore",
     "StaticKeyStore",
@@ -88,6 +91,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from . import signals
+    from .admin import KeyAdmin
     from .capability import Capability, InvalidCapability, canonical_capability
     from .client import TokenClient, exchange, request_token
     from .errors import ConfigError, TokenReqError

@@ -356,6 +356,7 @@ class AuditLog:
         if self.enabled:
 
             def run() -> None:
+                self._ensure_tables()
                 with self.db.write() as conn:
                     self.write(conn, ev)
 
@@ -514,11 +515,16 @@ class AuditLog:
             for w in waiters:
                 w.set()
 
+    def _ensure_tables(self) -> None:
+        """Create the tables once per process before writing (the database may have been
+        down, or new, at start); raises the driver's errors."""
+        if not self._tables:
+            self.db.create_all(models.metadata)
+            self._tables = True
+
     def _write_batch(self, batch: list[AuditEvent]) -> None:
         try:
-            if not self._tables:
-                self.db.create_all(models.metadata)
-                self._tables = True
+            self._ensure_tables()
             with self.db.write() as conn:
                 conn.execute(models.audit.insert(), [ev._row() for ev in batch])
         except Exception as exc:

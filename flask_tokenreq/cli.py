@@ -36,7 +36,6 @@ from .errors import ConfigError, TokenReqError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .audit import AuditLog
-    from .keys.base import ApiKey
     from .keys.chain import KeyChain
     from .provider import TokenProvider
 
@@ -179,41 +178,6 @@ def _time(ms: int | None) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _static_dict(key: ApiKey, now: int) -> dict[str, Any]:
-    """A static key as ``keys list`` shows it: no secret, not even a hint."""
-    status: str = key.status
-    if status == "active" and key.expired(now):
-        status = "expired"
-    return {
-        "keyName": key.key_name,
-        "name": None,
-        "display": f"{key.key_name}:…",
-        "capability": key.capability.to_dict(),
-        "status": status,
-        "created": None,
-        "expires": key.expires_at_ms,
-        "revoked": None,
-        "revokedReason": None,
-        "lastUsed": None,
-        "source": "config",
-    }
-
-
-def _key_dicts(status: str) -> list[dict[str, Any]]:
-    keys = _keys()
-    now = _now()
-    out = [d for d in (_static_dict(k, now) for k in keys.static_keys()) if _wanted(d, status)]
-    if keys.managed is not None:
-        for info in keys.for_change().list(status):  # type: ignore[arg-type]
-            if not keys.is_static(info.key_name):
-                out.append({**info.to_dict(now), "source": "database"})
-    return out
-
-
-def _wanted(document: dict[str, Any], status: str) -> bool:
-    return status == "all" or document["status"] == status
-
-
 def _print_keys(documents: Iterable[dict[str, Any]]) -> None:
     rows = [
         (d["keyName"], d["status"], d["source"], d["name"] or "-", _time(d["expires"]))
@@ -281,7 +245,7 @@ def keys_create(name: str, capability: str | None, expires: str | None, as_json:
 @_json_option
 def keys_list(status: str, as_json: bool) -> None:
     """List keys (static and managed), without secrets."""
-    documents = _key_dicts(status)
+    documents = _keys().key_dicts(status, _now())
     if as_json:
         _print_json(documents)
     else:
@@ -293,15 +257,7 @@ def keys_list(status: str, as_json: bool) -> None:
 @_json_option
 def keys_get(key_name: str, as_json: bool) -> None:
     """Show one key, without its secret."""
-    keys = _keys()
-    document: dict[str, Any] | None = None
-    static = keys.static.get(key_name) if keys.static is not None else None
-    if static is not None:
-        document = _static_dict(static, _now())
-    elif keys.managed is not None:
-        info = keys.for_change().describe(key_name)
-        if info is not None:
-            document = {**info.to_dict(_now()), "source": "database"}
+    document = _keys().key_dict(key_name, _now())
     if document is None:
         raise click.ClickException(f"no key named {key_name[:255]!r}")
     if as_json:
@@ -522,7 +478,10 @@ def ticket_command(actor: str, scopes: tuple[str, ...], as_json: bool) -> None:
             "the key page"
         )
     granted = scopes or DEFAULT_SCOPES
-    ticket = admin.issue_ticket(actor, granted)
+    try:
+        ticket = admin.issue_ticket(actor, granted)
+    except ValueError as exc:  # the KeyAdmin's own checks of actor and scopes
+        raise click.ClickException(str(exc)) from None
     with current_app.test_request_context():
         try:
             url = url_for(ADMIN_PAGE_ENDPOINT, ticket=ticket, _external=True)

@@ -101,7 +101,8 @@ NONCE_MARGIN_MS = 1000
 EXTENSION = "tokenreq_provider"
 #: Where the per-app state lives in ``app.extensions``.
 STATE = EXTENSION + ".state"
-_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+#: Methods routes accept, so that :func:`allow` answers a wrong one with a JSON 405.
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 ResourceSpec = str | Callable[..., str] | None
@@ -288,10 +289,10 @@ class TokenProvider:
                 return self._state().cors.preflight(request)
             return None
 
-        @bp.route("/keys/<key_name>/requestToken", methods=_ALL_METHODS)
+        @bp.route("/keys/<key_name>/requestToken", methods=ALL_METHODS)
         def request_token(key_name: str) -> ResponseReturnValue:
             state = self._state()
-            _allow(request, "POST")
+            allow(request, "POST")
             app = current_app._get_current_object()  # type: ignore[attr-defined]
             treq: TokenRequest | None = None
             try:
@@ -306,11 +307,11 @@ class TokenProvider:
             signals.token_issued.send(app, token_request=treq, token=issued)
             return ably_response(issued.token_details())
 
-        @bp.route("/keys/<key_name>/revokeTokens", methods=_ALL_METHODS)
+        @bp.route("/keys/<key_name>/revokeTokens", methods=ALL_METHODS)
         def revoke_tokens(key_name: str) -> ResponseReturnValue:
             """Ably's ``revokeTokens`` (DESIGN §7a), authenticated by the key it names."""
             state = self._state()
-            _allow(request, "POST")
+            allow(request, "POST")
             name, secret = _key_only(_credentials(request), "revokeTokens")
             if name != key_name:
                 raise InvalidCredentials(
@@ -332,21 +333,21 @@ class TokenProvider:
             )
             return ably_response(result)
 
-        @bp.route("/keys/<path:rest>", methods=_ALL_METHODS)
+        @bp.route("/keys/<path:rest>", methods=ALL_METHODS)
         def unknown_key_path(rest: str) -> ResponseReturnValue:
             raise NotFound("Not found")
 
-        @bp.route("/time", methods=_ALL_METHODS)
+        @bp.route("/time", methods=ALL_METHODS)
         def time() -> ResponseReturnValue:
             state = self._state()
-            _allow(request, "GET", "HEAD")
+            allow(request, "GET", "HEAD")
             # msgpack when asked: ably-js rest.request() decodes by its own Accept.
             return ably_response([state.now()])
 
-        @bp.route("/.well-known/jwks.json", methods=_ALL_METHODS)
+        @bp.route("/.well-known/jwks.json", methods=ALL_METHODS)
         def jwks() -> ResponseReturnValue:
             state = self._state()
-            _allow(request, "GET", "HEAD")
+            allow(request, "GET", "HEAD")
             if not state.tokens.asymmetric:
                 raise NotFound("Not found: tokens are signed with a shared secret (HS256)")
             response = json_response(state.tokens.jwks())
@@ -423,16 +424,7 @@ class TokenProvider:
             )
         # 7. nonce, single use (only after the MAC passed)
         expires_at = treq.timestamp + settings.window_ms + NONCE_MARGIN_MS
-        try:
-            fresh = state.nonces.claim(treq.key_name, treq.nonce, expires_at)
-        except StoreUnavailable as exc:
-            # The details (backend, redacted URL) go to the log, not to the client.
-            log.error("nonce store unavailable; refusing the TokenRequest: %s", exc.message)
-            raise StoreUnavailable() from None
-        except Exception:
-            log.exception("nonce store failed; refusing the TokenRequest")
-            raise StoreUnavailable() from None
-        if not fresh:
+        if not claim_nonce(state.nonces, treq.key_name, treq.nonce, expires_at, "TokenRequest"):
             raise NonceReplayed(
                 "Nonce value replayed: each TokenRequest can be exchanged once; "
                 "sign a new one (and never cache TokenRequests)"
@@ -562,7 +554,34 @@ def current_identity() -> Identity | None:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _allow(req: Request, *methods: str) -> None:
+def claim_nonce(store: NonceStore, key_name: str, nonce: str, expires_at: int, what: str) -> bool:
+    """Claim a nonce, failing closed: ``False`` when already claimed; any store failure
+    is :class:`StoreUnavailable` (503, 50003) with the details in the log, not the answer.
+
+    The one path to the nonce store for TokenRequests and the key page's tickets.
+    """
+    try:
+        return store.claim(key_name, nonce, expires_at)
+    except StoreUnavailable as exc:
+        log.error("nonce store unavailable; refusing the %s: %s", what, exc.message)
+        raise StoreUnavailable() from None
+    except Exception:
+        log.exception("nonce store failed; refusing the %s", what)
+        raise StoreUnavailable() from None
+
+
+def request_fields() -> dict[str, str | None]:
+    """The audit columns that describe the request: ``remote_addr``, ``request_id``."""
+    if not has_request_context():
+        return {"remote_addr": None, "request_id": None}
+    return {
+        "remote_addr": request.remote_addr,
+        "request_id": request.headers.get("X-Request-Id"),
+    }
+
+
+def allow(req: Request, *methods: str) -> None:
+    """Refuse any other method with an Ably 405 (routes take :data:`ALL_METHODS`)."""
     if req.method not in methods:
         raise _WerkzeugMethodNotAllowed(valid_methods=[*methods, "OPTIONS"])
 
@@ -674,7 +693,7 @@ def _audit_exchanges(app: Flask, audit: AuditLog) -> None:
             key_name=token.key_name,
             client_id=token.client_id,
             detail={"jti": token.token_id, "expires": token.expires_ms},
-            **_request_fields(),
+            **request_fields(),
         )
 
     def refused(
@@ -690,21 +709,11 @@ def _audit_exchanges(app: Flask, audit: AuditLog) -> None:
             client_id=None if token_request is None else token_request.client_id,
             code=error.code,
             detail={"reason": error.message},
-            **_request_fields(),
+            **request_fields(),
         )
 
     signals.token_issued.connect(issued, sender=app, weak=False)
     signals.token_refused.connect(refused, sender=app, weak=False)
-
-
-def _request_fields() -> dict[str, str | None]:
-    """The audit columns that describe the request: ``remote_addr``, ``request_id``."""
-    if not has_request_context():
-        return {"remote_addr": None, "request_id": None}
-    return {
-        "remote_addr": request.remote_addr,
-        "request_id": request.headers.get("X-Request-Id"),
-    }
 
 
 def _optional(value: Any, default: Any) -> Any:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ from flask_tokenreq import models, sign_token_request
 from flask_tokenreq.client import bearer
 from flask_tokenreq.keys import parse_key
 from flask_tokenreq.keys.secret import check_secret_format, hint
+from tests import cli_app
 from tests.conftest import KEY, KEY_NAME, ROOT, SECRET
 from tests.dbs import FERNET_1, FERNET_2, db_url, pg_schema
 
@@ -385,17 +387,48 @@ def test_ticket_without_a_key_admin_is_a_clear_mistake(cli: Cli) -> None:
     assert len(run.err.splitlines()) == 1
 
 
-def test_ticket_prints_the_key_page_url(cli: Cli) -> None:
-    run = cli("ticket", "--actor", "alice", "--json", app="tests.cli_app:create_app()")
-    assert run.json() == {
-        "url": "http://localhost/tokenreq/admin/?ticket=stand-in-ticket-1-alice-keys:read%2Bkeys:write",
-        "actor": "alice",
-        "scopes": ["keys:read", "keys:write"],
-    }
-    scoped = cli(
-        "ticket", "--actor", "bob", "--scope", "keys:read", app="tests.cli_app:create_app()"
+def test_ticket_prints_the_key_page_url_whose_ticket_opens_one_session(cli: Cli) -> None:
+    app_name = "tests.cli_app:create_app()"
+    run = cli("ticket", "--actor", "alice", "--json", app=app_name)
+    document = run.json()
+    assert document["actor"] == "alice"
+    assert document["scopes"] == ["keys:read", "keys:write"]
+    url = urlsplit(document["url"])
+    assert (url.scheme, url.netloc, url.path) == ("http", "localhost", "/tokenreq/admin/")
+    [ticket] = parse_qs(url.query)["ticket"]
+    # The same app in this process, on the same database and nonce store (another worker).
+    app = cli_app.create_app(
+        cli.config(TOKENREQ_NONCE_STORE=cli.env["TOKENREQ_NONCE_STORE"]), instance_path=str(cli.tmp)
     )
-    assert scoped.out.strip().endswith("ticket=stand-in-ticket-1-bob-keys:read")
-    bad = cli("ticket", "--actor", "bob", "--scope", "keys:all", app="tests.cli_app:create_app()")
+    client = app.test_client()
+    assert client.get(document["url"]).status_code == 200  # the page itself
+    exchange_url = f"{url.path}session/ticket/exchange?{url.query}"
+    opened = client.get(exchange_url)
+    assert opened.status_code == 200, opened.get_data(as_text=True)
+    assert opened.get_json()["actor"] == "alice"
+    assert opened.get_json()["scopes"] == ["keys:read", "keys:write"]
+    assert client.get("/tokenreq/admin/api/keys").status_code == 200
+    again = app.test_client().get(exchange_url)
+    assert again.status_code == 401
+    assert again.get_json()["error"]["message"].startswith("ticket already used")
+    with app.app_context():
+        assert app.extensions["tokenreq_provider"].audit.flush()  # the refusal was queued
+    events = cli("audit", "--json").json()
+    assert [(e["event"], e["actor"]) for e in events] == [
+        ("ticket.refused", "admin:alice"),
+        ("ticket.exchanged", "admin:alice"),
+        ("ticket.issued", "admin:alice"),
+    ]
+    assert ticket not in json.dumps(events)
+
+    scoped = cli("ticket", "--actor", "bob", "--scope", "keys:read", app=app_name)
+    [read_only] = parse_qs(urlsplit(scoped.out.strip()).query)["ticket"]
+    opened = app.test_client().get(f"/tokenreq/admin/session/ticket/exchange?ticket={read_only}")
+    assert opened.get_json()["scopes"] == ["keys:read"]
+    bad = cli("ticket", "--actor", "bob", "--scope", "keys:all", app=app_name)
     assert bad.code == 1
     assert len(bad.err.splitlines()) == 1
+    empty = cli("ticket", "--actor", "", app=app_name)
+    assert empty.code == 1
+    assert empty.err.startswith("Error: a ticket needs an actor")
+    assert len(empty.err.splitlines()) == 1

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from ..capability import Capability
-from ..errors import ConfigError, KeyExpired, KeyRevoked
+from ..errors import ConfigError, InvalidParameter, KeyExpired, KeyRevoked
 
 KeyStatus = Literal["active", "revoked"]
+#: What a key listing can select: usable now, revoked, past ``expires`` (not revoked), all.
+ListStatus = Literal["active", "revoked", "expired", "all"]
+LIST_STATUSES: tuple[ListStatus, ...] = ("active", "revoked", "expired", "all")
 
 #: Shortest key secret accepted in configuration, in bytes. Ably's own key
 #: secrets have 43 characters (256 bits, base64); managed ``tkr_`` secrets 53.
@@ -122,6 +125,13 @@ def has_passed(expires_ms: int | None, now_ms: int) -> bool:
 def expired(key: KeyView, now_ms: int) -> bool:
     """Whether ``key`` has expired at ``now_ms`` (at its ``expires_at_ms`` or later)."""
     return has_passed(key.expires_at_ms, now_ms)
+
+
+def check_list_status(status: object) -> ListStatus:
+    """``status`` as a listing filter; :class:`InvalidParameter` (400, 40003) otherwise."""
+    if status not in LIST_STATUSES:
+        raise InvalidParameter("status must be one of active, revoked, expired, all")
+    return status
 
 
 def check_active(key: KeyView, now_ms: int) -> None:

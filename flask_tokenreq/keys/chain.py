@@ -8,6 +8,8 @@ place:
   managed key names avoid the static ones);
 - **changes**: a static key cannot be rotated or revoked, nor its tokens
   (409, 40900: it comes from configuration);
+- **listings**: :meth:`KeyChain.key_dicts` and :meth:`KeyChain.key_dict`, the
+  one JSON shape of a key (never a secret) for the CLI and the key page;
 - **readiness**: the managed-key database is set up at start (tables, schema
   version, encryption keys). A wrong encryption key is a
   :class:`~flask_tokenreq.errors.ConfigError` then; a database that is down
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, Conflict, StoreUnavailable
-from .base import ApiKey, KeyStore, KeyView
+from .base import ApiKey, KeyStore, KeyView, check_list_status
 
 if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy is imported only with managed keys
     from .sql import SqlKeyStore
@@ -134,6 +136,40 @@ class KeyChain:
                 if isinstance(key, ApiKey):
                     yield key
 
+    # -- listings (the CLI and the key page): no secret, not even a static key's hint
+
+    def key_dicts(self, status: str, now_ms: int) -> list[dict[str, Any]]:
+        """Every key with ``status`` (``active``, ``revoked``, ``expired``, ``all``) as JSON:
+        static keys first, then managed keys oldest first. See :meth:`key_dict`.
+
+        An unknown ``status`` is :class:`~flask_tokenreq.errors.InvalidParameter` (400).
+        """
+        wanted = check_list_status(status)
+        out = [
+            d
+            for d in (_static_dict(k, now_ms) for k in self.static_keys())
+            if wanted in ("all", d["status"])
+        ]
+        if self.managed is not None:
+            for info in self._store().list(wanted):
+                if not self.is_static(info.key_name):
+                    out.append({**info.to_dict(now_ms), "source": "database"})
+        return out
+
+    def key_dict(self, key_name: str, now_ms: int) -> dict[str, Any] | None:
+        """One key as JSON, or ``None``: ``keyName``, ``name``, ``display``
+        (``appId.keyId:tkr_ab…wxyz``), ``capability``, ``status`` (``active``,
+        ``revoked``, ``expired``), ``created``, ``expires``, ``revoked``,
+        ``revokedReason``, ``lastUsed`` (ms or ``None``) and ``source``
+        (``config`` or ``database``)."""
+        static = self._static(key_name)
+        if static is not None:
+            return _static_dict(static, now_ms)
+        if self.managed is None:
+            return None
+        info = self._store().describe(key_name)
+        return None if info is None else {**info.to_dict(now_ms), "source": "database"}
+
     # -- changes
 
     def for_change(self, key_name: str | None = None) -> SqlKeyStore:
@@ -153,3 +189,21 @@ class KeyChain:
                 "and revoke keys"
             )
         return self._store()
+
+
+def _static_dict(key: ApiKey, now_ms: int) -> dict[str, Any]:
+    """A static key as listings show it: no secret, not even a hint."""
+    status = "expired" if key.status == "active" and key.expired(now_ms) else key.status
+    return {
+        "keyName": key.key_name,
+        "name": None,
+        "display": f"{key.key_name}:…",
+        "capability": key.capability.to_dict(),
+        "status": status,
+        "created": None,
+        "expires": key.expires_at_ms,
+        "revoked": None,
+        "revokedReason": None,
+        "lastUsed": None,
+        "source": "config",
+    }

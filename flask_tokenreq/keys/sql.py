@@ -48,7 +48,15 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..settings import fernet_keys
-from .base import ApiKey, GraceSecret, KeyStatus, expired, has_passed
+from .base import (
+    ApiKey,
+    GraceSecret,
+    KeyStatus,
+    ListStatus,
+    check_list_status,
+    expired,
+    has_passed,
+)
 from .secret import (
     hint,
     new_key_id,
@@ -91,8 +99,6 @@ _CANARY = b"flask-tokenreq encryption canary v1"
 # Columns of the key lookup's rows (see SqlKeyStore._get_sql).
 _CIPHERTEXT, _NOT_AFTER = 6, 7
 _TARGET_TYPES = ("clientId", "revocationKey")
-
-ListStatus = Literal["active", "revoked", "expired", "all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,8 +538,7 @@ class SqlKeyStore:
         ``active``: usable now; ``revoked``; ``expired`` (past ``expires``,
         not revoked); ``all``.
         """
-        if status not in ("active", "revoked", "expired", "all"):
-            raise InvalidParameter("status must be one of active, revoked, expired, all")
+        status = check_list_status(status)
         infos = self._db.guard(self._list)
         now = self._now()
         if status == "all":
