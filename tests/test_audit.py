@@ -349,7 +349,12 @@ def test_nothing_secret_reaches_logs_when_a_write_fails(
     tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    log = AuditLog(f"sqlite:///{tmp_path / 'no-tables.sqlite3'}", now_ms=clock)
+    url = f"sqlite:///{tmp_path / 'wrong-table.sqlite3'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # an audit table without the columns: every insert fails
+        conn.exec_driver_sql("CREATE TABLE tokenreq_audit (id INTEGER PRIMARY KEY)")
+    engine.dispose()
+    log = AuditLog(url, now_ms=clock)
     secret = new_secret()
     with pytest.raises(StoreUnavailable) as info:
         log.record("token.issued", detail={"note": f"x {secret}"}, client_id="alice")
