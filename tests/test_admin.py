@@ -10,6 +10,7 @@ shows a secret; none shows a ticket.
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ from flask_tokenreq.errors import ConfigError, StoreUnavailable
 from flask_tokenreq.keys.secret import hint
 from flask_tokenreq.provider import TokenProvider
 from flask_tokenreq.stores import MemoryNonceStore, NonceStore, open_nonce_store
-from tests.conftest import KEY, KEY_NAME, FakeClock
+from tests.conftest import KEY, KEY_NAME, ROOT, FakeClock
 from tests.dbs import FERNET_1, TcpProxy, db_url, pg_schema
 
 __all__ = ["db_url", "pg_schema"]  # fixtures used by name
@@ -275,21 +276,26 @@ def test_a_ticket_is_good_until_its_expiry_inclusive(admin: Admin, clock: FakeCl
     assert admin.exchange(ticket).status_code == 200
 
 
-@pytest.mark.parametrize("backend", [pytest.param("redis", marks=pytest.mark.redis), "sql"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
 def test_a_ticket_is_single_use_across_app_instances(
-    make_admin: MakeAdmin, clock: FakeClock, tmp_path: Path, backend: str
+    make_admin: MakeAdmin,
+    clock: FakeClock,
+    tmp_path: Path,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Two workers with their own connections to one Redis or SQL nonce store."""
     if backend == "redis":
-        url: str = pytest.importorskip("tests.conftest").REDIS_URL
-        from tests.conftest import unavailable
-
-        try:
-            import redis
-
-            redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-        except Exception as exc:  # pragma: no cover - depends on the machine
-            unavailable(f"Redis not reachable at {url}: {exc}")
+        url: str = request.getfixturevalue("redis_url")
+    elif backend == "postgres":
+        url = request.getfixturevalue("pg_schema")
     else:
         url = f"sqlite:///{tmp_path / 'nonces.sqlite3'}"
     stores = [open_nonce_store(url, now_ms=clock) for _ in range(2)]
@@ -837,3 +843,15 @@ def test_without_a_database_static_keys_are_listed_and_changes_refused(
     assert "Managed keys are off" in error_of(admin.post("/keys", {"name": "k"}), 409, 40900)
     assert admin.get("/audit").get_json() == {"events": []}
     assert not (tmp_path / "instance").exists()  # no database was made
+
+
+def test_the_page_files_ship_in_the_package() -> None:
+    """Every file of the page (templates, static) matches setup.cfg's package data."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    patterns = parser["options.package_data"]["flask_tokenreq.admin"].split(",")
+    base = ROOT / "flask_tokenreq" / "admin"
+    shipped = {path for pattern in patterns for path in base.glob(pattern.strip())}
+    on_disk = {path for folder in ("templates", "static") for path in (base / folder).rglob("*")}
+    assert {path for path in on_disk if path.is_file()} <= shipped
+    assert base / "templates" / "tokenreq_admin" / "page.html" in shipped
