@@ -89,10 +89,13 @@ DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Account:
-    """A demo user: password and what they may do on every channel."""
+    """A demo user: password, what they may do on every channel, and whether
+    they may manage the API keys (the app's own RBAC decides; see
+    ``/manage-keys`` in examples/demo.py)."""
 
     password: str
     operations: tuple[str, ...]
+    manages_keys: bool = False
 
 
 #: Demo users. Demo only: a real app stores password hashes
@@ -100,6 +103,7 @@ class Account:
 USERS: dict[str, Account] = {
     "alice": Account("alice-password", ("publish", "subscribe", "history")),
     "bob": Account("bob-password", ("subscribe", "history")),
+    "carol": Account("carol-password", ("publish", "subscribe", "history"), manages_keys=True),
 }
 #: Compared against when the username is unknown, so both paths do the same work.
 _NO_PASSWORD = "\0" * 32
@@ -115,6 +119,10 @@ class User(UserMixin):
     @property
     def operations(self) -> list[str]:
         return list(USERS[self.username].operations)
+
+    @property
+    def manages_keys(self) -> bool:
+        return USERS[self.username].manages_keys
 
     def get_id(self) -> str:
         return self.session_id

@@ -13,8 +13,8 @@ the provider, mounted at ``/provider`` in the same app. A token for project
 ``p1`` reads ``project:p1`` only, and writes nothing (40160).
 
 Run ``python examples/archiva_app.py [--port 5000]``, sign in as ``alice`` /
-``alice-password`` (projects p1, p2) or ``bob`` / ``bob-password`` (p1), and
-open ``/projects/p1``.
+``alice-password`` (projects p1, p2), ``bob`` / ``bob-password`` (p1) or
+``carol`` / ``carol-password`` (p2), and open ``/projects/p1``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from flask_tokenreq import TokenIssuer, TokenProvider
 from flask_tokenreq.errors import BadRequest
 
 #: The projects each demo user (examples/accounts.py) may read.
-PROJECTS = {"alice": ["p1", "p2"], "bob": ["p1"]}
+PROJECTS = {"alice": ["p1", "p2"], "bob": ["p1"], "carol": ["p2"]}
 #: Each project's events (what the page reads with its token).
 EVENTS = {
     "p1": [{"id": 1, "what": "report.pdf uploaded"}, {"id": 2, "what": "report.pdf archived"}],

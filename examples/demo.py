@@ -14,6 +14,11 @@ The page gets a token with ``tokenreq.js``, shows its clientId, capability and
 time left, publishes and lists events, and says clearly when the provider
 refuses an action (bob may not publish).
 
+Key management (``KeyAdmin``, at ``/tokenreq/admin``): the app decides who may
+manage keys. carol may: her page links to ``GET /manage-keys``, which issues a
+single-use ticket on the server and redirects her to the key page; alice and
+bob see no link, and ``/manage-keys`` answers them 403.
+
 Everything is on SQLite in the instance folder (nonces, messages, managed
 keys). Without ``TOKENREQ_KEY`` the issuer signs with a managed key, "Demo
 key" (``flask --app examples.demo:create_app tokenreq keys list`` shows it),
@@ -60,9 +65,10 @@ from examples.provider_app import (
     development_managed_key,
 )
 from flask_tokenreq import config, settings
+from flask_tokenreq.admin import KeyAdmin
 from flask_tokenreq.clock import Clock
 from flask_tokenreq.clock import now_ms as wall_clock
-from flask_tokenreq.errors import ConfigError, TokenReqError, from_http_exception
+from flask_tokenreq.errors import ConfigError, Forbidden, TokenReqError, from_http_exception
 from flask_tokenreq.http import Cors
 from flask_tokenreq.issuer import TokenIssuer
 from flask_tokenreq.provider import CORS_HEADERS, TokenProvider
@@ -81,7 +87,10 @@ DEV_SECRET_KEY = "dev-only-demo-session-key-0123456789abcdef"
 DEMO_LOGINS = (
     ("alice", "alice-password", "may publish, subscribe and read history"),
     ("bob", "bob-password", "may only subscribe and read history: publishing is refused"),
+    ("carol", "carol-password", "may publish, subscribe and read history, and manage the API keys"),
 )
+#: Where the key-management page is mounted.
+ADMIN_PREFIX = "/tokenreq/admin"
 #: Sign-in and sign-out answer with the page (HTML), not with Ably error JSON.
 FORM_ENDPOINTS = frozenset({"do_login", "do_logout"})
 
@@ -135,6 +144,22 @@ def create_app(
         url_prefix=provider_prefix or None,
     )
 
+    # -- key management: the app's RBAC decides who gets a ticket ------------------------
+    admin = KeyAdmin(app, url_prefix=ADMIN_PREFIX)
+
+    @app.get("/manage-keys")
+    def manage_keys() -> BaseResponse:
+        """A fresh single-use ticket for a user who may manage keys, then the key page."""
+        if not current_user.is_authenticated:
+            return redirect(url_for("index"), code=303)
+        if not current_user.manages_keys:
+            raise Forbidden(f"{current_user.username} may not manage the API keys")
+        ticket = admin.issue_ticket(current_user.username)
+        response = redirect(url_for("tokenreq_admin.page", ticket=ticket), code=303)
+        response.headers["Cache-Control"] = "no-store"  # the ticket is in the Location
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
     # -- the page ---------------------------------------------------------------------
     provider_url = config.get_str(app.config, "TOKENREQ_DEMO_PROVIDER_URL") or provider_prefix
     provider_url = provider_url.rstrip("/")
@@ -147,6 +172,7 @@ def create_app(
             "providerUrl": provider_url,
             "pollMs": poll_ms,
             "user": current_user.username if current_user.is_authenticated else None,
+            "managesKeys": current_user.is_authenticated and current_user.manages_keys,
             "signInUrl": url_for("index"),
         }
         html = render_template(
@@ -267,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         "  Demo logins:",
         *(f"    {name} / {password}  ({what})" for name, password, what in DEMO_LOGINS),
         f"  App /   Issuer {ISSUER_PREFIX}/token   Provider {prefix or '/'}",
+        f"  Key management: sign in as carol, then 'Manage keys' ({ADMIN_PREFIX}/)",
         f"  Data (SQLite): {app.instance_path}",
         "  Tip: /?ttl=20000 asks for 20 s tokens, to watch them renew.",
         "",

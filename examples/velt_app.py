@@ -17,8 +17,8 @@ properties from ``g.tokenreq.claims`` and lets a user see the documents of
 their own organization only (403 otherwise).
 
 Run ``python examples/velt_app.py [--port 5000]`` and sign in with
-``POST /login`` as ``alice`` / ``alice-password`` (org-1, admin) or
-``bob`` / ``bob-password`` (org-2).
+``POST /login`` as ``alice`` / ``alice-password`` (org-1, admin),
+``bob`` / ``bob-password`` (org-2) or ``carol`` / ``carol-password`` (org-1).
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ PROPERTIES = {
         "name": "Bob",
         "email": "bob@example.com",
         "organizationId": "org-2",
+        "isAdmin": False,
+    },
+    "carol": {
+        "name": "Carol",
+        "email": "carol@example.com",
+        "organizationId": "org-1",
         "isAdmin": False,
     },
 }

@@ -85,6 +85,7 @@ SNIPPETS = {
     "step1": ("python", "issuer = TokenIssuer(app"),
     "step3": ("python", "provider = TokenProvider(app)"),
     "ably_python": ("python", "from ably import AblyRest"),
+    "key_admin": ("python", "admin = KeyAdmin(app)"),
     "step2": ("js", "new Ably.Rest({ authUrl: '/api/tokenreq/token' })"),
     "node_client": ("js", "// client.mjs"),
     "testing": ("python", "# test_exchange.py"),
@@ -122,12 +123,13 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
 
 
 class ReadmeUser(UserMixin):
-    """The user model step 1 assumes: ``username`` and ``can_publish``."""
+    """The user model the snippets assume: ``username``, ``can_publish``, ``can_manage_keys``."""
 
     def __init__(self, username: str) -> None:
         self.id = username
         self.username = username
         self.can_publish = username == "alice"
+        self.can_manage_keys = username == "alice"
 
 
 @pytest.fixture
@@ -183,6 +185,35 @@ def test_step1_runs_as_written(readme_env: None) -> None:
     assert body["keyName"] == "readme.key1"
     assert body["clientId"] == "bob"
     assert json.loads(body["capability"]) == {"*": ["history", "subscribe"]}
+
+
+def test_key_admin_snippet_runs_as_written(readme_env: None, tmp_path: Path) -> None:
+    """Steps 1 and 3 with managed keys on, then the key page and its ticket route."""
+    from cryptography.fernet import Fernet
+
+    namespace = run_steps("step1")
+    app = add_what_step1_assumes(namespace)
+    app.config["TOKENREQ_KEY_ENCRYPTION_KEYS"] = [Fernet.generate_key().decode()]
+    app.config["TOKENREQ_DATABASE_URL"] = f"sqlite:///{tmp_path / 'keys.sqlite3'}"
+    for name in ("step3", "key_admin"):
+        exec(compile(snippet(name), f"README.md[{name}]", "exec"), namespace)
+    client = app.test_client()
+    assert client.get("/manage-keys").status_code == 403  # signed out
+    client.post("/test-login/bob")
+    refused = client.get("/manage-keys")
+    assert refused.status_code == 403
+    assert refused.get_json()["error"]["code"] == 40300
+    client.post("/test-login/alice")
+    sent = client.get("/manage-keys")
+    assert sent.status_code == 303
+    page, _, ticket = sent.headers["Location"].partition("?ticket=")
+    assert page == "/tokenreq/admin/"
+    assert client.get(page).status_code == 200
+    session = client.get("/tokenreq/admin/session/ticket/exchange", query_string={"ticket": ticket})
+    assert session.status_code == 200
+    assert session.get_json()["actor"] == "alice"
+    assert client.get("/tokenreq/admin/api/keys").status_code == 200
+    namespace["provider"].close()
 
 
 @pytest.fixture
