@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from examples import archiva_app, velt_app
+from examples.accounts import USERS
 from flask_tokenreq import Capability, TokenRequest, parse_key
 from flask_tokenreq.testing import ManualClock, Recorder
 
@@ -289,3 +290,25 @@ def test_the_examples_read_their_settings_from_the_environment(
     assert Capability.parse(app.config["TOKENREQ_ISSUER_CAPABILITY"]) == Capability(
         {"project:*": ["subscribe", "history"]}
     )
+
+
+# -- every demo user (examples/accounts.py) works in both ------------------------------
+
+
+@pytest.mark.parametrize("user", sorted(USERS))
+def test_every_demo_user_has_projects_and_properties(
+    archiva: Flask, velt: Flask, tokenreq_key: str, user: str
+) -> None:
+    """A user added to accounts.py (carol) gets tokens, not a KeyError (500)."""
+    client = signed_in(archiva, user)
+    for project in ("p1", "p2"):
+        response = client.get("/api/archiva/token", query_string={"projectId": project})
+        if project in archiva_app.PROJECTS[user]:
+            assert response.status_code == 200
+            assert response.get_json()["clientId"] == user
+        else:
+            assert error_code(response, 403) == 40300
+    token = velt_token(signed_in(velt, user)).get_json()["token"]
+    claims = jwt.decode(token, parse_key(tokenreq_key)[1], algorithms=["HS256"])
+    assert claims["userId"] == user
+    assert claims["organizationId"] == velt_app.PROPERTIES[user]["organizationId"]

@@ -27,7 +27,7 @@ from flask import Flask, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from flask_tokenreq import TokenProvider, sign_token_request
-from flask_tokenreq.keys.secret import hint
+from flask_tokenreq.keys.secret import check_secret_format, hint
 from flask_tokenreq.testing import ManualClock
 
 from ..conftest import unavailable
@@ -277,6 +277,7 @@ def create_through_page(page: Page, name: str) -> str:
 def close_secret(page: Page) -> None:
     page.get_by_label("I have copied this secret").check()
     page.get_by_role("button", name="Done").click()
+    assert page.get_by_test_id("secret-value").count() == 0  # gone as the dialog closes
     expect(page.get_by_role("dialog", name="Copy your new key")).to_be_hidden()
 
 
@@ -320,7 +321,8 @@ def test_a_ticket_that_cannot_be_used_blocks_with_its_reason(
         other = browser.new_context()
         first = other.new_page()
         first.goto(admin.page_url(ticket))
-        expect(first.get_by_test_id("app")).to_be_visible()  # used once, elsewhere
+        expect(first.get_by_test_id("key-row").first).to_be_visible()  # used once, elsewhere
+        expect(first.get_by_test_id("audit-row").first).to_be_visible()
         other.close()
     else:
         ticket = ticket[:-4] + ("AAAA" if not ticket.endswith("AAAA") else "BBBB")
@@ -454,7 +456,7 @@ def test_create_shows_the_secret_once_and_it_leaves_the_dom(
     secret = create_through_page(page, "Analytics worker")
     dialog = page.get_by_role("dialog", name="Copy your new key")
     key_name = secret.partition(":")[0]
-    assert re.fullmatch(r"[\w-]+\.[\w-]+:tkr_\w+", secret)
+    assert check_secret_format(secret.partition(":")[2])  # a whole key, checksum and all
     expect(dialog).to_contain_text("This is the only time the full key is shown")
     expect(page.get_by_test_id("notice")).to_have_text("Key “Analytics worker” created.")
     expect(row(page, "Analytics worker")).to_be_visible()  # the list was refetched behind it
@@ -593,7 +595,11 @@ def test_rotate_with_a_grace_period_keeps_the_old_secret_until_it_ends(
     dialog.get_by_role("button", name="Rotate key").click()
     new = page.get_by_test_id("secret-value").inner_text()
     expect(page.get_by_test_id("notice")).to_contain_text("keeps working for 1 hour")
-    close_secret(page)
+    page.get_by_label("I have copied this secret").check()
+    page.keyboard.press("Escape")  # once ticked, Escape closes it too, and the secret goes
+    assert page.get_by_test_id("secret-value").count() == 0
+    expect(page.get_by_role("dialog", name="Copy your new key")).to_be_hidden()
+    assert_no_secret(page, new)
 
     assert admin.exchange(old) == 200  # in grace
     assert admin.exchange(new) == 200

@@ -545,7 +545,6 @@ function showSecret(key, title) {
   const secret = element('code', 'secret', key.key);
   secret.id = 'secret-value';
   secret.dataset.testid = 'secret-value';
-  secret.setAttribute('aria-label', 'The full key');
   $('secret-slot').replaceChildren(secret);
   $('secret-copied').checked = false;
   $('secret-done').disabled = true;
@@ -583,18 +582,22 @@ $('secret-copied').addEventListener('change', () => {
 
 $('secret-form').addEventListener('submit', (event) => {
   event.preventDefault();
-  if ($('secret-copied').checked) $('secret-dialog').close();
+  if (!$('secret-copied').checked) return;
+  forgetSecret(); // now, not when the (queued) close event fires
+  $('secret-dialog').close();
 });
 
 $('secret-dialog').addEventListener('cancel', (event) => {
   if (!$('secret-copied').checked) {
     event.preventDefault();
     $('copy-status').textContent = 'Tick “I have copied this secret” first: it cannot be shown again.';
+    return;
   }
+  forgetSecret();
 });
 
 $('secret-dialog').addEventListener('close', () => {
-  forgetSecret();
+  forgetSecret(); // whichever way it closed
   const target = canWrite() ? $('create-key') : $('refresh');
   if (!gated && target && !target.hidden) target.focus();
 });
