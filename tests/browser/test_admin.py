@@ -376,9 +376,9 @@ def test_an_ended_session_sends_the_user_back_to_the_gate(
     admin.clock.advance(15 * 60_000 + 1)  # the session lasts 15 minutes
     page.get_by_role("button", name="Refresh", exact=True).click()
     expect(page.get_by_test_id("gate")).to_be_visible()
-    expect(page.get_by_test_id("gate-reason")).to_contain_text(
-        "Your key-management session has ended"
-    )
+    reason = page.get_by_test_id("gate-reason")
+    expect(reason).to_contain_text("Your session has ended.")
+    expect(reason).to_contain_text("session expired")
     expect(page.get_by_test_id("app")).to_be_hidden()
     expect(page.get_by_role("button", name="Create key")).to_be_hidden()
     assert page_errors.uncaught == []

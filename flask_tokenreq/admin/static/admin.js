@@ -71,16 +71,20 @@ async function call(method, path, body, gate = true) {
 function showGate(error, how = 'session') {
   if (gated) return;
   gated = true;
+  // The server's message says what happened ("ticket expired: ..."); lead with it.
+  const said = error.message.charAt(0).toUpperCase() + error.message.slice(1);
+  const code = error.code ? ` (${error.code})` : '';
   let reason;
-  if (how === 'ticket') {
-    reason = `This link cannot open a session: ${error.describe}.`;
-  } else if (how === 'start') {
+  if (how === 'start') {
     reason = 'You have no key-management session in this browser.';
+  } else if (how === 'ticket') {
+    reason = `This link cannot be used. ${said}${code}.`;
   } else if (error.status === 403) {
-    reason = `Your key-management session was refused: ${error.describe}.`;
+    reason = `Refused. ${said}${code}.`;
   } else {
-    reason = `Your key-management session has ended: ${error.describe}.`;
+    reason = `Your session has ended. ${said}${code}.`;
   }
+  reason = reason.replace(/\.\.$/, '.');
   session = null;
   for (const id of ['create-dialog', 'rotate-dialog', 'revoke-dialog']) {
     const dialog = $(id);
