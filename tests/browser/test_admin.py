@@ -306,9 +306,9 @@ def test_without_a_ticket_the_page_blocks(
 @pytest.mark.parametrize(
     ("how", "reason"),
     [
-        ("expired", "ticket expired"),
-        ("reused", "ticket already used"),
-        ("forged", "ticket invalid"),
+        ("expired", "This link cannot be used. Ticket expired:"),
+        ("reused", "This link cannot be used. Ticket already used:"),
+        ("forged", "This link cannot be used. Ticket invalid:"),
     ],
 )
 def test_a_ticket_that_cannot_be_used_blocks_with_its_reason(
@@ -378,7 +378,7 @@ def test_an_ended_session_sends_the_user_back_to_the_gate(
     expect(page.get_by_test_id("gate")).to_be_visible()
     reason = page.get_by_test_id("gate-reason")
     expect(reason).to_contain_text("Your session has ended.")
-    expect(reason).to_contain_text("session expired")
+    expect(reason).to_contain_text("Key-management session expired")
     expect(page.get_by_test_id("app")).to_be_hidden()
     expect(page.get_by_role("button", name="Create key")).to_be_hidden()
     assert page_errors.uncaught == []
