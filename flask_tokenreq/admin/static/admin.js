@@ -160,9 +160,8 @@ function notice(text) {
 function showError(box, error, retry) {
   const text = box.querySelector('[role="alert"]');
   const button = box.querySelector('button');
-  text.textContent = error.retryable
-    ? `${error.describe}`
-    : `Refused: ${error.describe}. Correct it and try again.`;
+  // A refusal's message says what to change; a failure's, that trying again may work.
+  text.textContent = error.retryable ? error.describe : `Refused: ${error.describe}.`;
   button.hidden = !error.retryable || !retry;
   button.onclick = retry
     ? () => {
