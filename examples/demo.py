@@ -64,8 +64,7 @@ from examples.provider_app import (
     development_encryption_key,
     development_managed_key,
 )
-from flask_tokenreq import config, settings
-from flask_tokenreq.admin import KeyAdmin
+from flask_tokenreq import KeyAdmin, config, settings
 from flask_tokenreq.clock import Clock
 from flask_tokenreq.clock import now_ms as wall_clock
 from flask_tokenreq.errors import ConfigError, Forbidden, TokenReqError, from_http_exception

@@ -361,6 +361,7 @@ function detailText(event) {
     let shown;
     if (TIME_DETAIL.has(name) && typeof value === 'number') shown = when(value);
     else if (name === 'grace' && typeof value === 'number') shown = duration(value);
+    else if (Array.isArray(value) && value.every((v) => typeof v === 'string')) shown = value.join(', ');
     else shown = typeof value === 'object' ? JSON.stringify(value) : String(value);
     parts.push(`${name}: ${shown}`);
   }
