@@ -13,6 +13,7 @@ a test: tickets and sessions expire by moving ``tokenreq_clock``; a request
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterator
@@ -30,14 +31,11 @@ from flask_tokenreq import TokenProvider, sign_token_request
 from flask_tokenreq.keys.secret import check_secret_format, hint
 from flask_tokenreq.testing import ManualClock
 
-from ..conftest import unavailable
 from ..servers import HitCounter
-from .test_demo import CHROMIUM_ARGS, PageErrors
+from .conftest import PageErrors
 
-try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None  # type: ignore[assignment]
+with contextlib.suppress(ImportError):  # without Playwright, `browser` skips
+    from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.browser
 
@@ -51,31 +49,6 @@ SETTINGS = {
 }
 #: Requests the page makes that answer 401/403 on purpose show up as console errors.
 REFUSED = re.compile(r"status of (401|403) ")
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No TOKENREQ_* / FLASK_* settings from the outside environment."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("TOKENREQ_", "FLASK_")) and not name.startswith("TOKENREQ_TEST"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    if sync_playwright is None:
-        unavailable("playwright (Python) is not installed")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page_errors() -> PageErrors:
-    return PageErrors()
 
 
 @pytest.fixture

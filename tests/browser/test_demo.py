@@ -9,12 +9,13 @@ from the provider's injected clock, and waiting is Playwright's auto-waiting
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +26,15 @@ from flask import Flask
 
 from examples import demo
 
-from ..conftest import FakeClock, unavailable
+from ..conftest import FakeClock
 from ..servers import HitCounter, serve_app
+from .conftest import PageErrors
 
-try:
-    from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None  # type: ignore[assignment]
+with contextlib.suppress(ImportError):  # without Playwright, `browser` skips
+    from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 TOKEN_PATH = "/api/tokenreq/token"
 #: Dev-free settings shared by every demo app in a test (issuer and provider agree).
 SETTINGS = {
@@ -52,43 +43,6 @@ SETTINGS = {
     "TOKENREQ_SIGNING_SECRET": "browser-test-signing-secret-0123456789abcdef",
     "TOKENREQ_DEMO_POLL_MS": 0,  # the list refreshes on demand: nothing happens behind a test
 }
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No TOKENREQ_* / FLASK_* settings from the outside environment."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("TOKENREQ_", "FLASK_")) and not name.startswith("TOKENREQ_TEST"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    if sync_playwright is None:
-        unavailable("playwright (Python) is not installed")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@dataclass
-class PageErrors:
-    """Uncaught exceptions and console errors (CSP violations, failed loads) of a page."""
-
-    uncaught: list[str] = field(default_factory=list)
-    console: list[str] = field(default_factory=list)
-
-    def on_console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.console.append(message.text)
-
-
-@pytest.fixture
-def page_errors() -> PageErrors:
-    return PageErrors()
 
 
 @pytest.fixture

@@ -6,32 +6,33 @@ single-use ticket on the server and redirects to the KeyAdmin page. The demo
 runs on its managed keys here (no ``TOKENREQ_KEY``), as ``make demo`` does.
 """
 
-# The demo tests' fixtures (browser, page, serve_demo, ...) are imported by name.
+# The demo tests' fixtures (page, serve_demo) are imported by name.
 # ruff: noqa: F811
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Page, expect
 
 from examples.accounts import USERS
 from flask_tokenreq import sign_token_request
 
+from .conftest import PageErrors
 from .test_demo import (  # noqa: F401
     Demo,
-    PageErrors,
-    browser,
     page,
-    page_errors,
     publish,
     screenshot,
     serve_demo,
     sign_in,
 )
+
+with contextlib.suppress(ImportError):  # without Playwright, `browser` skips
+    from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
 

@@ -13,6 +13,7 @@ waits for real time to pass. Each test saves a screenshot under its tmp dir.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,48 +27,17 @@ from flask_tokenreq.testing import ManualClock, Recorder
 from ..conftest import ROOT, unavailable
 from ..servers import serve_app
 
-try:
-    from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    sync_playwright = None  # type: ignore[assignment]
+with contextlib.suppress(ImportError):  # without Playwright, `browser` skips
+    from playwright.sync_api import Browser, Page, Response, expect
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SETTINGS = {
     "SECRET_KEY": "seed-browser-session-key-0123456789abcdef",
     "TOKENREQ_KEY": "seed.browser:seed-browser-secret-0123456789abcdef0123",
     "TOKENREQ_SIGNING_SECRET": "seed-browser-signing-secret-0123456789abcdef",
     "TOKENREQ_NONCE_STORE": "memory://",
 }
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No TOKENREQ_* / FLASK_* settings from the outside environment."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("TOKENREQ_", "FLASK_")) and not name.startswith("TOKENREQ_TEST"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    if sync_playwright is None:
-        unavailable("playwright (Python) is not installed")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
