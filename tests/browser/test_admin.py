@@ -415,6 +415,7 @@ def test_every_field_has_a_label_and_the_dialogs_are_dialogs(
     dialogs = page.evaluate("[...document.querySelectorAll('dialog')].map((d) => d.id)")
     assert dialogs == ["create-dialog", "rotate-dialog", "revoke-dialog", "secret-dialog"]
     assert page.evaluate("document.querySelectorAll('[style], script:not([src])').length") == 0
+    assert page.evaluate("document.compatMode") == "CSS1Compat"  # standards mode
     assert_clean(page_errors)
 
 
