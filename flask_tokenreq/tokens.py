@@ -22,8 +22,9 @@ with duplicate keys refused, ``typ`` is checked, ``exp``/``iat``/``jti``/``iss``
 are required and must be numbers/strings as the RFC says (a numeric string
 ``exp`` is refused), and time is checked against the injected clock with a
 leeway. PyJWT does none of those strict checks (docs/provider.md), so they are
-done here; the signature itself is checked by PyJWT's algorithm objects and
-tokens are minted with :func:`jwt.encode`. Ably JWTs (``typ`` ``JWT``, ``kid``
+done here; signatures are made and checked by PyJWT's algorithm objects (a
+minted token is byte for byte what :func:`jwt.encode` writes for the same
+header and claims). Ably JWTs (``typ`` ``JWT``, ``kid``
 = key name, HS256 with that key's secret) are accepted too. A token never
 grants more than its key grants now, and every token of a revoked key is
 refused (40141). A key store that offers ``status(key_name)`` (managed keys)
@@ -530,7 +531,7 @@ class TokenService:
         #: SHA-256 of a token -> its verified claims; see :meth:`verify`.
         self._verified: dict[bytes, _Verified] = {}
         self._verified_size = _VERIFIED_CACHE_SIZE
-        #: What :func:`jwt.encode` signs with: HS256 secret bytes or a private key.
+        #: What :meth:`mint` signs with: HS256 secret bytes or a private key.
         self._signing_key: Any
         current: _VerifyingKey
         if algorithm == "HS256":
@@ -555,6 +556,15 @@ class TokenService:
             jwk = None if current.jwk is None else {**current.jwk, "kid": key_id}
             current = _VerifyingKey(key_id, algorithm, current.key, jwk)
         self.key_id = current.kid
+        #: The signing algorithm's PyJWT object, and the header of every token
+        #: minted here as its base64url segment: both fixed for the service's
+        #: life (algorithm, kid and typ; nothing secret).
+        self._signer = _ALGORITHM_OBJECTS[algorithm]
+        self._signing_key = self._signer.prepare_key(self._signing_key)
+        header = {"alg": algorithm, "kid": self.key_id, "typ": TOKEN_TYPE}
+        self._header_segment = _b64url(
+            json.dumps(header, separators=(",", ":"), sort_keys=True).encode("ascii")
+        ).encode("ascii")
         #: Every key that verifies, by kid: the current one first.
         self._keys: dict[str, _VerifyingKey] = {current.kid: current}
         for fallback in _fallback_keys(secret_fallbacks, key_fallbacks):
@@ -637,12 +647,12 @@ class TokenService:
         }
         if client_id is not None:
             claims["clientId"] = client_id
-        token = jwt.encode(
-            claims,
-            self._signing_key,
-            algorithm=self.algorithm,
-            headers={"typ": TOKEN_TYPE, "kid": self.key_id},
-        )
+        # What jwt.encode(claims, key, algorithm, headers={"typ", "kid"}) writes, without
+        # rebuilding the fixed header and re-preparing the key for every token.
+        payload = json.dumps(claims, separators=(",", ":")).encode("ascii")
+        signing_input = self._header_segment + b"." + _b64url(payload).encode("ascii")
+        signature = self._signer.sign(signing_input, self._signing_key)
+        token = f"{signing_input.decode('ascii')}.{_b64url(signature)}"
         return IssuedToken(
             token=token,
             key_name=key_name,

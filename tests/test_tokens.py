@@ -224,6 +224,51 @@ def test_round_trip(service: TokenService, keys: StaticKeyStore, clock: FakeCloc
     assert issued.token not in repr(issued)
 
 
+@pytest.mark.parametrize("algorithm", ["HS256", "EdDSA", "ES256"])
+def test_minted_token_is_what_jwt_encode_writes(clock: FakeClock, algorithm: str) -> None:
+    """mint() signs with PyJWT's algorithm object itself: the token is byte for byte
+    jwt.encode's for the same header and claims (ES256 signatures are randomised, so
+    there the signed part is compared and the signature verified by PyJWT)."""
+    private: Any = None
+    if algorithm == "HS256":
+        service = TokenService(secret=SIGNING_SECRET, now_ms=clock)
+        signing_key: Any = SIGNING_SECRET.encode()
+        verifying_key: Any = signing_key
+    else:
+        private = (
+            ed25519.Ed25519PrivateKey.generate()
+            if algorithm == "EdDSA"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+        service = TokenService(algorithm=algorithm, private_key=_pem(private), now_ms=clock)
+        signing_key, verifying_key = private, private.public_key()
+    issued = service.mint(
+        key_name=KEY_NAME,
+        capability=Capability({"chat:\u00e9*": ["subscribe"], "status": ["*"]}),
+        client_id="zo\u00eb",
+        issued_ms=clock(),
+        expires_ms=clock() + 60_000,
+    )
+    payload = jwt.decode(issued.token, options={"verify_signature": False})
+    expected = jwt.encode(
+        payload,
+        signing_key,
+        algorithm=algorithm,
+        headers={"typ": "at+jwt", "kid": service.key_id},
+    )
+    if algorithm == "ES256":
+        assert issued.token.rsplit(".", 1)[0] == expected.rsplit(".", 1)[0]
+    else:
+        assert issued.token == expected
+    decoded = jwt.decode(
+        issued.token,
+        verifying_key,
+        algorithms=[algorithm],
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
+    assert decoded == payload
+
+
 def test_jti_is_unique(service: TokenService, clock: FakeClock) -> None:
     tokens = {mint(service, clock) for _ in range(50)}
     ids = {jwt.decode(t, options={"verify_signature": False})["jti"] for t in tokens}
