@@ -6,6 +6,7 @@
   (gunicorn binds port 0 itself and reports the port, so there is no race),
   waits until it answers and all workers have booted, and stops it afterwards.
 - :class:`HitCounter` counts requests per path at the server side.
+- :func:`fire` sends one request many times at once (replay races).
 
 Readiness is polled with a bounded loop; nothing here sleeps to let time pass.
 """
@@ -21,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,3 +213,16 @@ def run_gunicorn(
         pump.join(timeout=5)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def fire(method: str, url: str, copies: int, **kwargs: Any) -> list[requests.Response]:
+    """Send the same request ``copies`` times from as many threads, released together
+    by a barrier (``kwargs`` go to :func:`requests.request`)."""
+    barrier = threading.Barrier(copies)
+
+    def send(_: int) -> requests.Response:
+        barrier.wait(timeout=30)
+        return requests.request(method, url, timeout=30, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=copies) as pool:
+        return list(pool.map(send, range(copies)))

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from flask_tokenreq.client import bearer
 from flask_tokenreq.stores.redis import REDIS_KEY_PREFIX
 from flask_tokenreq.stores.sql import nonces_table
 
+from . import servers
 from .conftest import SECRET
 from .servers import run_gunicorn, serve_app
 
@@ -57,18 +56,14 @@ class Server:
 def fire(url: str, body: dict[str, Any], copies: int, threads: int) -> list[tuple[int, str]]:
     """POST ``body`` ``copies`` times, released together; (status, X-Ably-ErrorCode) each."""
     assert copies <= threads, "one thread per copy, so the barrier releases them all at once"
-    barrier = threading.Barrier(copies)
-    data = json.dumps(body).encode()
-
-    def post(_: int) -> tuple[int, str]:
-        barrier.wait(timeout=30)
-        response = requests.post(
-            url, data=data, headers={"Content-Type": "application/json"}, timeout=30
-        )
-        return response.status_code, response.headers.get("X-Ably-ErrorCode", "")
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(post, range(copies)))
+    responses = servers.fire(
+        "POST",
+        url,
+        copies,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    return [(r.status_code, r.headers.get("X-Ably-ErrorCode", "")) for r in responses]
 
 
 def exchange_url(server: Server, key_name: str | None = None) -> str:
