@@ -8,7 +8,8 @@ then ``GET /api/tokenreq/token``. ``POST /logout`` ends the session.
 
 Demo users: ``alice`` / ``alice-password`` may publish, subscribe and read
 history on every channel; ``bob`` / ``bob-password`` may only subscribe and
-read history. The clientId is the username.
+read history; ``carol`` / ``carol-password`` may do what alice may. The
+clientId is the username.
 
 Sign-in is hardened as a real app's should be (bounded bodies, login CSRF
 check, rate limit, server-side sessions, cookie flags): see

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         "POST /login, GET /api/tokenreq/token\n"
         f"  provider  http://{args.host}:{args.provider_port}   "
         "POST /keys/<keyName>/requestToken, /channels/<name>/messages\n"
-        "  logins: alice / alice-password (publish), bob / bob-password (read only)",
+        "  logins: alice / alice-password (publish), bob / bob-password (read only), "
+        "carol / carol-password (publish)",
         flush=True,
     )
 

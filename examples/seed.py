@@ -10,7 +10,8 @@ those. Every error answers Ably's JSON format.
 Sign-in is the other examples' (:mod:`examples.accounts`: bounded bodies,
 login CSRF check, rate limit, server-side sessions): ``POST /login`` (form or
 JSON: ``username``, ``password``) and ``POST /logout``, for the demo users
-``alice`` / ``alice-password`` and ``bob`` / ``bob-password``.
+``alice`` / ``alice-password``, ``bob`` / ``bob-password`` and ``carol`` /
+``carol-password``.
 """
 
 from __future__ import annotations
