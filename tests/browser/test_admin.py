@@ -604,11 +604,12 @@ def test_revoke_asks_for_a_reason_and_the_key_is_refused_at_once(
     assert reason.evaluate("(e) => e.validity.valueMissing") is True
     reason.fill("   ")
     dialog.get_by_role("button", name="Revoke key").click()
-    expect(dialog.get_by_role("alert")).to_contain_text("Give a reason for the audit log")
+    expect(dialog.get_by_role("alert")).to_have_text("Give a reason for the audit log.")
     assert admin.hits[f"{KEYS_API}/{key_name}/revoke"] == 0
     assert admin.exchange(full) == 200
 
     reason.fill("laptop lost")
+    expect(dialog.get_by_role("alert")).to_have_count(0)  # editing puts the error away
     screenshot(page, tmp_path, "revoke-dialog")
     dialog.get_by_role("button", name="Revoke key").click()
     expect(dialog).to_be_hidden()

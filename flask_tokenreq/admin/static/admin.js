@@ -161,7 +161,9 @@ function showError(box, error, retry) {
   const text = box.querySelector('[role="alert"]');
   const button = box.querySelector('button');
   // A refusal's message says what to change; a failure's, that trying again may work.
-  text.textContent = error.retryable ? error.describe : `Refused: ${error.describe}.`;
+  // The page's own checks (status null) say what to fix in a plain sentence.
+  if (error.status === null) text.textContent = `${error.message}.`;
+  else text.textContent = error.retryable ? error.describe : `Refused: ${error.describe}.`;
   button.hidden = !error.retryable || !retry;
   button.onclick = retry
     ? () => {
@@ -410,6 +412,10 @@ function openDialog(dialog) {
 for (const id of ['create-dialog', 'rotate-dialog', 'revoke-dialog']) {
   const dialog = $(id);
   dialog.querySelector('[data-role="cancel"]').addEventListener('click', () => dialog.close());
+  // An error is about what was sent: editing the form puts it away.
+  dialog.querySelector('form').addEventListener('input', () => {
+    if (!changing) hideError(dialog.querySelector('[data-role="error"]'));
+  });
   dialog.addEventListener('cancel', (event) => {
     if (changing) event.preventDefault();
   });
@@ -455,7 +461,7 @@ $('create-form').addEventListener('submit', (event) => {
   const box = dialog.querySelector('[data-role="error"]');
   const name = $('create-name').value.trim();
   if (!name) {
-    showError(box, new RequestError(400, null, 'Give the key a name'), null);
+    showError(box, new RequestError(null, null, 'Give the key a name'), null);
     $('create-name').focus();
     return;
   }
@@ -463,7 +469,7 @@ $('create-form').addEventListener('submit', (event) => {
   try {
     capability = JSON.parse($('create-capability').value);
   } catch (_) {
-    showError(box, new RequestError(400, null, 'The capability must be JSON, such as {"*":["*"]}'), null);
+    showError(box, new RequestError(null, null, 'The capability must be JSON, such as {"*":["*"]}'), null);
     $('create-capability').focus();
     return;
   }
@@ -530,7 +536,7 @@ $('revoke-form').addEventListener('submit', (event) => {
   const dialog = $('revoke-dialog');
   const reason = $('revoke-reason').value.trim();
   if (!reason) {
-    showError(dialog.querySelector('[data-role="error"]'), new RequestError(400, null, 'Give a reason for the audit log'), null);
+    showError(dialog.querySelector('[data-role="error"]'), new RequestError(null, null, 'Give a reason for the audit log'), null);
     $('revoke-reason').focus();
     return;
   }
