@@ -855,3 +855,28 @@ def test_the_page_files_ship_in_the_package() -> None:
     on_disk = {path for folder in ("templates", "static") for path in (base / folder).rglob("*")}
     assert {path for path in on_disk if path.is_file()} <= shipped
     assert base / "templates" / "tokenreq_admin" / "page.html" in shipped
+
+
+def test_the_testing_recipe_of_docs_admin_md(tmp_path: Path, tokenreq_clock: Any) -> None:
+    """docs/admin.md's recipe: the plugin's clock moves tickets and sessions too."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SECRET_KEY=SECRET_KEY,
+        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
+        TOKENREQ_KEY_ENCRYPTION_KEYS=[FERNET_1],
+    )
+    provider = TokenProvider(app, nonces=MemoryNonceStore(warn=False))  # no clock of its own
+    KeyAdmin(app)
+    client = app.test_client()
+    with app.app_context():
+        ticket = app.extensions["tokenreq_admin"].issue_ticket("carol")
+    opened = client.get(f"/tokenreq/admin/session/ticket/exchange?ticket={ticket}")
+    assert opened.status_code == 200
+    csrf = opened.get_json()["csrf"]
+    created = client.post(
+        "/tokenreq/admin/api/keys", json={"name": "CI Key"}, headers={"X-TokenReq-CSRF": csrf}
+    )
+    assert created.status_code == 201
+    tokenreq_clock.advance(15 * 60_000 + 1)  # the session is over
+    assert client.get("/tokenreq/admin/api/keys").status_code == 401
+    provider.close()
