@@ -63,8 +63,9 @@ from examples.provider_app import (
     channels_blueprint,
     development_encryption_key,
     development_managed_key,
+    example_setting,
 )
-from flask_tokenreq import KeyAdmin, config, settings
+from flask_tokenreq import KeyAdmin, settings
 from flask_tokenreq.clock import Clock
 from flask_tokenreq.clock import now_ms as wall_clock
 from flask_tokenreq.errors import ConfigError, Forbidden, TokenReqError, from_http_exception
@@ -132,7 +133,7 @@ def create_app(
     # -- the provider and the channel resource it guards ------------------------------
     provider = TokenProvider(app, now_ms=now_ms)  # at TOKENREQ_PROVIDER_URL_PREFIX
     provider_prefix = _provider_prefix(app)
-    database = config.get_str(app.config, "TOKENREQ_MESSAGES_DATABASE")
+    database = example_setting(app, "TOKENREQ_MESSAGES_DATABASE", settings.string, None)
     if not database:
         database = "sqlite:///" + os.path.join(app.instance_path, "demo-messages.sqlite3")
     store = MessageStore(database)
@@ -160,10 +161,14 @@ def create_app(
         return response
 
     # -- the page ---------------------------------------------------------------------
-    provider_url = config.get_str(app.config, "TOKENREQ_DEMO_PROVIDER_URL") or provider_prefix
+    provider_url = (
+        example_setting(app, "TOKENREQ_DEMO_PROVIDER_URL", settings.string, None) or provider_prefix
+    )
     provider_url = provider_url.rstrip("/")
     provider_origin = _origin(provider_url)
-    poll_ms = config.get_int(app.config, "TOKENREQ_DEMO_POLL_MS", DEFAULT_POLL_MS, minimum=0)
+    poll_ms = example_setting(
+        app, "TOKENREQ_DEMO_POLL_MS", settings.integer(minimum=0, unit="ms"), DEFAULT_POLL_MS
+    )
 
     def page(next_url: str, error: str | None = None, status: int = 200) -> Response:
         page_settings = {
