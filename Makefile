@@ -16,7 +16,7 @@ PROVIDER_PORT ?= 5001
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[redis,postgres,msgpack,test,dev]'
+	$(BIN)/python -m pip install -q -e '.[redis,postgres,msgpack,examples,test,dev]'
 	touch $@
 
 install: $(STAMP)
