@@ -486,17 +486,25 @@ $('create-form').addEventListener('submit', (event) => {
   );
 });
 
+// Rotate and Revoke: a dialog about one key, opened the same way
+
+// Opens the `${name}-dialog` about `key` (its form reset, its label set) and
+// focuses its first field; false when no change may start now.
+function openKeyDialog(name, key, fieldId) {
+  if (!canWrite() || changing) return false;
+  $(`${name}-form`).reset();
+  $(`${name}-dialog`).querySelector('[data-role="key-label"]').textContent = keyLabel(key);
+  openDialog($(`${name}-dialog`));
+  $(fieldId).focus();
+  return true;
+}
+
 // Rotate
 
 let rotating = null;
 
 function openRotate(key) {
-  if (!canWrite() || changing) return;
-  rotating = key;
-  $('rotate-form').reset();
-  $('rotate-dialog').querySelector('[data-role="key-label"]').textContent = keyLabel(key);
-  openDialog($('rotate-dialog'));
-  $('rotate-grace').focus();
+  if (openKeyDialog('rotate', key, 'rotate-grace')) rotating = key;
 }
 
 $('rotate-form').addEventListener('submit', (event) => {
@@ -522,12 +530,7 @@ $('rotate-form').addEventListener('submit', (event) => {
 let revoking = null;
 
 function openRevoke(key) {
-  if (!canWrite() || changing) return;
-  revoking = key;
-  $('revoke-form').reset();
-  $('revoke-dialog').querySelector('[data-role="key-label"]').textContent = keyLabel(key);
-  openDialog($('revoke-dialog'));
-  $('revoke-reason').focus();
+  if (openKeyDialog('revoke', key, 'revoke-reason')) revoking = key;
 }
 
 $('revoke-form').addEventListener('submit', (event) => {
