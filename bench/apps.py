@@ -111,6 +111,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
             raise Unauthorized("Login required")
         return json_response({"ok": True})
 
+    add_channel_routes(app, provider)
+    return app
+
+
+def add_channel_routes(app: Flask, provider: TokenProvider) -> None:
+    """``/channels/<name>/unguarded`` and ``/channels/<name>/guarded``: one handler,
+    the second wrapped in ``provider.require("subscribe", "{name}")``."""
+
     def channel(name: str) -> Response:
         return json_response({"channel": name, "ok": True})
 
@@ -118,4 +126,3 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.add_url_rule(
         "/channels/<name>/guarded", "guarded", provider.require("subscribe", "{name}")(channel)
     )
-    return app

@@ -57,24 +57,16 @@ def create_app() -> Any:
 
     The provider at the root, and ``/channels/<name>/unguarded`` and
     ``/channels/<name>/guarded``: one handler, the second wrapped in
-    ``provider.require("subscribe", "{name}")`` (as in bench/apps.py).
+    ``provider.require("subscribe", "{name}")`` (bench/apps.py's ``add_channel_routes``).
     """
-    from flask import Flask, Response
+    from apps import add_channel_routes
+    from flask import Flask
 
     from flask_tokenreq import TokenProvider, settings
-    from flask_tokenreq.http import json_response
 
     app = Flask(__name__, instance_path=os.environ.get("BENCH_INSTANCE_PATH") or None)
     settings.from_env(app.config)
-    provider = TokenProvider(app)
-
-    def channel(name: str) -> Response:
-        return json_response({"channel": name, "ok": True})
-
-    app.add_url_rule("/channels/<name>/unguarded", "unguarded", channel)
-    app.add_url_rule(
-        "/channels/<name>/guarded", "guarded", provider.require("subscribe", "{name}")(channel)
-    )
+    add_channel_routes(app, TokenProvider(app))
     return app
 
 
