@@ -424,3 +424,12 @@ def test_provider_answers_400_to_a_deep_capability(tmp_path: Path, depth: int) -
         assert "capability is nested too deeply" in error["message"]
     else:  # 200 KB: the provider's body limit answers first
         assert error["code"] == 40001
+
+
+def test_repr_leaves_the_mac_out() -> None:
+    treq = sign_token_request(KEY, ttl=60_000, capability={"chat": ["subscribe"]}, client_id="u")
+    shown = repr(treq)
+    assert treq.mac not in shown
+    assert "mac" not in shown
+    assert treq.nonce in shown
+    assert "client_id='u'" in shown
