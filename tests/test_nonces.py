@@ -79,8 +79,15 @@ class Backend:
 
 
 def _pg_schema_url(base: str, schema: str, app_name: str | None = None) -> str:
-    """``base`` with connections defaulting to ``schema`` (a fresh table per test)."""
-    query = {"options": f"-csearch_path={schema}"}
+    """``base`` with connections defaulting to ``schema`` (a fresh table per test).
+
+    With a connect timeout longer than the package's 2 s: the race tests open
+    up to 32 connections at once, and on a loaded 2-core machine PostgreSQL
+    can take longer than that to start their backends. What they test is the
+    claim's atomicity, not how fast a connection starts (a run under load
+    failed here with ConnectionTimeout).
+    """
+    query = {"options": f"-csearch_path={schema}", "connect_timeout": "30"}
     if app_name:
         query["application_name"] = app_name
     return sa.make_url(base).update_query_dict(query).render_as_string(hide_password=False)
