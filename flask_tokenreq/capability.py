@@ -182,35 +182,8 @@ def canonical_capability(value: str | Mapping[str, Any] | Capability) -> str:
     return _canonical_grants(_check_structure(value))
 
 
-#: Canonical texts already written, by grants (see :func:`_canonical_grants`).
-_CANONICAL: dict[tuple[tuple[str, tuple[str, ...]], ...], str] = {}
-#: Most entries :data:`_CANONICAL` holds (it is emptied when full), and the
-#: longest text it keeps: at most about 1 MiB in all.
-CANONICAL_MEMO_SIZE = 256
-CANONICAL_MEMO_TEXT = 4096
-
-
-def _canonical_grants(grants: dict[str, tuple[str, ...]]) -> str:
-    """Canonical text of grants checked by :func:`_check_structure`.
-
-    Remembered by grants: an issuer signs the same few capabilities over and
-    over, and writing one costs more than the HMAC of the TokenRequest. The
-    text is a function of the grants alone (no key, no secret, no time), so
-    nothing can make an entry stale; the memo is bounded by entries and size.
-    """
-    memo_key = tuple(grants.items())
-    text = _CANONICAL.get(memo_key)
-    if text is None:
-        text = _write_canonical(grants)
-        if len(text) <= CANONICAL_MEMO_TEXT:
-            if len(_CANONICAL) >= CANONICAL_MEMO_SIZE:
-                _CANONICAL.clear()
-            _CANONICAL[memo_key] = text
-    return text
-
-
-def _write_canonical(grants: Mapping[str, Sequence[str]]) -> str:
-    """Write the canonical text of validated grants.
+def _canonical_grants(grants: Mapping[str, Sequence[str]]) -> str:
+    """Canonical text of already validated grants.
 
     Written first in code-point order, which is UTF-16 order for ASCII text;
     text with any other character is written again in UTF-16 order.

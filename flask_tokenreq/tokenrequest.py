@@ -56,8 +56,6 @@ def _check_str(name: str, value: object) -> None:
 
 def _check_unicode(name: str, value: str) -> None:
     """Refuse lone surrogates: JSON can carry them, UTF-8 cannot (so no MAC covers them)."""
-    if value.isascii():
-        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -69,42 +67,34 @@ def _check_int(name: str, value: object) -> None:
         raise InvalidTokenRequest(f"TokenRequest {name} must be an integer (milliseconds)")
 
 
-def _validate(
-    key_name: Any,
-    timestamp: Any,
-    nonce: Any,
-    mac: Any,
-    ttl: Any,
-    capability: Any,
-    client_id: Any,
-) -> None:
+def _validate(request: TokenRequest) -> None:
     """Every check a TokenRequest passes, in this order. The only copy of them:
     ``TokenRequest(...)`` runs it, and every TokenRequest is built that way."""
-    _check_str("keyName", key_name)
-    _check_int("timestamp", timestamp)
-    if not 0 <= timestamp <= MAX_INTEGER:
+    _check_str("keyName", request.key_name)
+    _check_int("timestamp", request.timestamp)
+    if not 0 <= request.timestamp <= MAX_INTEGER:
         raise InvalidTokenRequest(
             f"TokenRequest timestamp must be from 0 to {MAX_INTEGER} (ms since the epoch)"
         )
-    _check_str("nonce", nonce)
-    _check_str("mac", mac)
-    if ttl is not None:
-        _check_int("ttl", ttl)
-        if not 0 < ttl <= MAX_INTEGER:
+    _check_str("nonce", request.nonce)
+    _check_str("mac", request.mac)
+    if request.ttl is not None:
+        _check_int("ttl", request.ttl)
+        if not 0 < request.ttl <= MAX_INTEGER:
             raise InvalidParameter("TokenRequest ttl must be a positive number of milliseconds")
-    if capability is not None:
-        if type(capability) is not str:
+    if request.capability is not None:
+        if type(request.capability) is not str:
             raise InvalidTokenRequest(
                 "TokenRequest capability must be a string holding JSON, as it was signed"
             )
-        _check_unicode("capability", capability)
-    if client_id is not None:
-        if client_id == "":
+        _check_unicode("capability", request.capability)
+    if request.client_id is not None:
+        if request.client_id == "":
             raise InvalidClientId("clientId must not be an empty string; omit it instead")
-        _check_str("clientId", client_id)
+        _check_str("clientId", request.client_id)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True, init=False)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TokenRequest:
     """A signed Ably TokenRequest. Validated on construction (see :func:`_validate`).
 
@@ -119,28 +109,8 @@ class TokenRequest:
     capability: str | None = None
     client_id: str | None = None
 
-    def __init__(
-        self,
-        *,
-        key_name: str,
-        timestamp: int,
-        nonce: str,
-        mac: str,
-        ttl: int | None = None,
-        capability: str | None = None,
-        client_id: str | None = None,
-    ) -> None:
-        # Written out: the __init__ a frozen dataclass generates costs a third
-        # more (docs/performance.md). Checked first, so nothing invalid is built.
-        _validate(key_name, timestamp, nonce, mac, ttl, capability, client_id)
-        init = object.__setattr__
-        init(self, "key_name", key_name)
-        init(self, "timestamp", timestamp)
-        init(self, "nonce", nonce)
-        init(self, "mac", mac)
-        init(self, "ttl", ttl)
-        init(self, "capability", capability)
-        init(self, "client_id", client_id)
+    def __post_init__(self) -> None:
+        _validate(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TokenRequest:
@@ -240,12 +210,6 @@ def split_key(key: str) -> tuple[str, str]:
 def new_nonce() -> str:
     """A fresh nonce: 144 random bits from :mod:`secrets`, URL-safe base64."""
     return secrets.token_urlsafe(NONCE_BYTES)
-
-
-def random_bytes(n: int) -> bytes:
-    """``secrets.token_bytes(n)``. Kept only while nonces.py imports it; it is
-    to call :mod:`secrets` directly, then this goes."""
-    return secrets.token_bytes(n)
 
 
 def sign_token_request(

@@ -302,29 +302,3 @@ def test_any_json_value_is_a_capability_or_invalid_capability(value: object) -> 
 @given(st.text())
 def test_any_text_is_a_capability_or_invalid_capability(text: str) -> None:
     _parse_or_400(text)
-
-
-def test_canonical_memo_is_bounded_and_gives_what_writing_gives() -> None:
-    """The memo of canonical texts (capability._CANONICAL) stays within its
-    bounds and answers exactly what writing the text answers."""
-    from flask_tokenreq import capability as cap_module
-
-    memo = cap_module._CANONICAL
-    for i in range(cap_module.CANONICAL_MEMO_SIZE * 2 + 7):
-        grants = {f"chat:{i}": ["subscribe", "publish"], "ü": ["history"]}
-        text = canonical_capability(grants)
-        assert text == canonical_capability(grants)  # the memo's answer
-        assert text == cap_module._write_canonical(cap_module._check_structure(grants))
-        assert len(memo) <= cap_module.CANONICAL_MEMO_SIZE
-    long_grants = {"x" * cap_module.CANONICAL_MEMO_TEXT: ["subscribe"]}
-    long_text = canonical_capability(long_grants)
-    assert long_text not in memo.values()
-    assert json.loads(long_text) == long_grants
-
-
-def test_canonical_memo_keeps_invalid_input_invalid() -> None:
-    """A string where the list belongs is refused even when the memo holds
-    the grants its characters would spell."""
-    assert canonical_capability({"a": ["p", "u", "b"]}) == '{"a":["b","p","u"]}'
-    with pytest.raises(InvalidCapability):
-        canonical_capability({"a": "pub"})

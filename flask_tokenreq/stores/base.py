@@ -113,11 +113,10 @@ def check_args(key_name: object, nonce: object, expires_at_ms: object) -> None:
         raise ValueError(f"key_name must have 1 to {MAX_KEY_NAME_LENGTH} characters")
     if "\x00" in key_name:
         raise ValueError("key_name must not contain NUL")
-    if not key_name.isascii():  # ASCII (nearly every key name) holds no surrogate
-        try:
-            key_name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("key_name must be valid Unicode (no lone surrogates)") from None
+    try:
+        key_name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("key_name must be valid Unicode (no lone surrogates)") from None
     if not nonce:
         raise ValueError("nonce must not be empty")
 
