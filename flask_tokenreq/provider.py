@@ -458,8 +458,10 @@ class TokenProvider:
         managed key); and an optional ``X-Ably-ClientId``. With ``key_only``
         only the key itself passes: a token is refused (40162) unverified.
         """
-        req = request if req is None else req
-        state = self._state()
+        return self._authenticate(self._state(), request if req is None else req, key_only)
+
+    def _authenticate(self, state: _State, req: Request, key_only: bool) -> Identity:
+        """:meth:`authenticate` with the app's state already looked up."""
         credentials = _credentials(req)
         if key_only:
             credentials = _key_only(credentials, "This endpoint")
@@ -517,9 +519,13 @@ class TokenProvider:
         def decorator(view: F) -> F:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if request.method != "OPTIONS":
-                    g.tokenreq = self._authorize(operation, resolve, kwargs, key_only)
-                return current_app.ensure_sync(view)(*args, **kwargs)
+                # The request and the app once each, rather than through their
+                # proxies at every use (a guarded request is a hot path).
+                req: Request = request._get_current_object()  # type: ignore[attr-defined]
+                app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+                if req.method != "OPTIONS":
+                    g.tokenreq = self._authorize(app, req, operation, resolve, kwargs, key_only)
+                return app.ensure_sync(view)(*args, **kwargs)
 
             return cast(F, wrapper)
 
@@ -527,6 +533,8 @@ class TokenProvider:
 
     def _authorize(
         self,
+        app: Flask,
+        req: Request,
         operation: str | None,
         resolve: Callable[[Mapping[str, Any]], str | None],
         kwargs: Mapping[str, Any],
@@ -534,7 +542,7 @@ class TokenProvider:
     ) -> Identity:
         """The request's identity, checked against ``operation`` on the resolved resource."""
         try:
-            identity = self.authenticate(request, key_only=key_only)
+            identity = self._authenticate(self._state(app), req, key_only)
             if operation is not None:
                 _check_capability(identity, operation, resolve(kwargs))
         except TokenReqError:
