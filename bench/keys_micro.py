@@ -1,20 +1,37 @@
-"""Micro-benchmark of the managed-key hot paths on a SQLite file (not part of `make bench`).
+"""Micro-benchmarks of the managed-key hot paths on a SQLite file (not part of `make bench`).
 
-Prints microseconds per call for:
+``calls`` (the default) prints microseconds per call for:
 
 - ``token_revoked`` with a warm cache (one generation read per call): the token guard;
 - ``state`` with a warm cache;
 - ``get`` (key row + secrets + Fernet decrypt): exchanges and key auth.
 
-Run: ``.venv/bin/python bench/keys_micro.py [N]``
+``guard`` measures what ``guarded_managed_vs_unguarded`` (bench/keys_bench.py)
+measures over HTTP, in-process and steadier: keys_bench's app, the same
+managed-key token (base64, as Ably SDKs send it), requests through
+``app.wsgi_app``. CPU per request of the unguarded and the guarded route,
+timed one after the other in pairs; the medians over the pairs and the ratio
+unguarded/guarded. ``--threads 2`` sends the requests from two threads at
+once (as a gthread worker does; then the CPU is the process's).
+
+Run: ``.venv/bin/python bench/keys_micro.py [calls [N] | guard [--threads T] [--pairs P]]``
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import Fernet
 
@@ -30,8 +47,7 @@ def per_call_us(call: Callable[[], object], n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+def calls(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = SqlKeyStore(f"sqlite:///{tmp}/bench.sqlite3", [Fernet.generate_key().decode()])
         store.create_tables()
@@ -49,6 +65,120 @@ def main() -> None:
         store.close()
     for label, us in results.items():
         print(f"{label:32s} {us:8.1f} us/call")
+
+
+def guard(threads: int, pairs: int, requests: int) -> None:
+    bench = str(Path(__file__).resolve().parent)
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import keys_bench
+    import run
+    from werkzeug.test import EnvironBuilder
+
+    from flask_tokenreq import sign_token_request
+
+    with tempfile.TemporaryDirectory(prefix="tokenreq-keys-micro-") as name:
+        tmp = Path(name)
+        encryption_key = Fernet.generate_key().decode()
+        database = f"sqlite:///{tmp / 'keys.sqlite3'}"
+        key = keys_bench.managed_key(database, encryption_key)
+        settings = {
+            "TOKENREQ_KEY_ENCRYPTION_KEYS": json.dumps([encryption_key]),
+            "TOKENREQ_DATABASE_URL": database,
+            "TOKENREQ_NONCE_STORE": f"sqlite:///{tmp / 'nonces.sqlite3'}",
+            "TOKENREQ_SIGNING_SECRET": "bench-keys-signing-secret-0123456789abcdef0123",
+            "BENCH_INSTANCE_PATH": str(tmp),
+        }
+        saved = {k: os.environ.get(k) for k in settings}
+        os.environ.update(settings)
+        try:
+            app = keys_bench.create_app()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        tr = sign_token_request(key, capability=run.CAPABILITY, client_id=run.CLIENT_ID)
+        response = app.test_client().post(
+            f"/keys/{key.partition(':')[0]}/requestToken",
+            data=tr.to_json(),
+            content_type="application/json",
+        )
+        token = response.get_json()["token"]
+        headers = {
+            "Authorization": "Bearer " + base64.b64encode(token.encode()).decode(),
+            "User-Agent": run.USER_AGENT,
+        }
+        environs = {
+            route: EnvironBuilder(
+                path=f"/channels/chat:lobby/{route}", headers=list(headers.items())
+            ).get_environ()
+            for route in ("unguarded", "guarded")
+        }
+
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+            if not status.startswith("200"):
+                raise RuntimeError(f"{status}: the route refused the request")
+
+        def send(route: str, n: int) -> None:
+            environ = environs[route]
+            for _ in range(n):
+                env = dict(environ, **{"wsgi.input": io.BytesIO()})
+                body = app.wsgi_app(env, start_response)
+                for _ in body:
+                    pass
+                body.close()
+
+        def cpu_us(route: str) -> float:
+            if threads == 1:
+                start = time.thread_time()
+                send(route, requests)
+                return (time.thread_time() - start) / requests * 1e6
+            workers = [
+                threading.Thread(target=send, args=(route, requests)) for _ in range(threads)
+            ]
+            start = time.process_time()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            return (time.process_time() - start) / (requests * threads) * 1e6
+
+        for route in environs:
+            cpu_us(route)  # warm-up
+        unguarded: list[float] = []
+        guarded: list[float] = []
+        for i in range(pairs):
+            order = ("unguarded", "guarded") if i % 2 == 0 else ("guarded", "unguarded")
+            for route in order:
+                (unguarded if route == "unguarded" else guarded).append(cpu_us(route))
+        app.extensions["tokenreq_provider"].close()
+    u, g = statistics.median(unguarded), statistics.median(guarded)
+    deltas = sorted(b - a for a, b in zip(unguarded, guarded, strict=True))
+    print(
+        f"guard, {threads} thread(s), {pairs} pairs of {requests} requests: CPU per request "
+        f"unguarded {u:.1f} us, guarded {g:.1f} us; guard {statistics.median(deltas):.1f} us "
+        f"(median of pairs; quartiles {deltas[len(deltas) // 4]:.1f}-"
+        f"{deltas[3 * len(deltas) // 4]:.1f}); ratio unguarded/guarded {u / g:.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", default="calls", choices=("calls", "guard"))
+    parser.add_argument("n", nargs="?", type=int, default=5000, help="calls: calls per figure")
+    parser.add_argument("--threads", type=int, default=1, help="guard: sending threads")
+    parser.add_argument("--pairs", type=int, default=31, help="guard: pairs of runs")
+    parser.add_argument("--requests", type=int, default=300, help="guard: requests per run")
+    argv = sys.argv[1:]
+    if argv[:1] and argv[0].isdigit():  # the former usage: keys_micro.py N
+        argv.insert(0, "calls")
+    args = parser.parse_args(argv)
+    if args.what == "calls":
+        calls(args.n)
+    else:
+        guard(args.threads, args.pairs, args.requests)
 
 
 if __name__ == "__main__":
