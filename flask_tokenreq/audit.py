@@ -12,9 +12,7 @@ remote_addr, request_id, detail``. Three ways to write one:
 - :meth:`AuditLog.submit`: queued and written by a background thread in
   batches (one transaction per batch). For the exchange path (``token.issued``,
   ``token.refused``), where a durable write per request would cost more than
-  the exchange itself. A crash can lose the events of the last moments
-  (on SQLite, a power loss or OS crash the last batches too: they are
-  committed without waiting for the disk);
+  the exchange itself. A crash can lose the events of the last moments;
   :meth:`AuditLog.flush` waits until the queue is written.
 
 Every event is also sent as the blinker signal
@@ -367,12 +365,7 @@ class AuditLog:
         return ev
 
     def submit(self, event: str, **fields: Any) -> AuditEvent:
-        """Queue one event for the background writer and signal it now (never blocks).
-
-        Not durable: a crash loses what is still queued, and on SQLite the
-        batches are committed without an fsync (see :meth:`Database.write
-        <flask_tokenreq.db.Database.write>`), so a power loss can undo the last ones.
-        """
+        """Queue one event for the background writer and signal it now (never blocks)."""
         ev = self.event(event, **fields)
         if self.enabled:
             self._ensure_writer()
@@ -532,7 +525,7 @@ class AuditLog:
     def _write_batch(self, batch: list[AuditEvent]) -> None:
         try:
             self._ensure_tables()
-            with self.db.write(durable=False) as conn:  # see submit()
+            with self.db.write() as conn:
                 conn.execute(models.audit.insert(), [ev._row() for ev in batch])
         except Exception as exc:
             with self._lock:

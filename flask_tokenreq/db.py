@@ -90,32 +90,6 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
-@contextlib.contextmanager
-def _sqlite_commit_without_sync(conn: sa.Connection) -> Iterator[None]:
-    """``synchronous = NORMAL`` on ``conn``'s SQLite connection while the block runs.
-
-    In WAL mode the commit then appends to the WAL without an fsync (the
-    fsync of each small commit costs more CPU than its rows); the WAL is
-    synced by the next durable commit or checkpoint. The setting can only
-    change outside a transaction: set before ``BEGIN``, restored after the
-    commit; a connection that cannot be restored is never reused.
-    """
-    raw: Any = conn.connection.dbapi_connection
-    level = raw.execute("PRAGMA synchronous").fetchone()[0]
-    if level <= 1:  # OFF or NORMAL already
-        yield
-        return
-    raw.execute("PRAGMA synchronous = NORMAL")
-    try:
-        yield
-    finally:
-        try:
-            raw.execute(f"PRAGMA synchronous = {int(level)}")
-        except BaseException:
-            conn.invalidate()
-            raise
-
-
 class _Reader:
     """A thread's SQLite connection for :meth:`Database.fetch` (closed with its last reference)."""
 
@@ -200,23 +174,15 @@ class Database:
         return f"Database({self.url!r})"
 
     @contextlib.contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[sa.Connection]:
+    def write(self) -> Iterator[sa.Connection]:
         """A write transaction: committed when the block ends, rolled back on any error.
 
         On SQLite it starts with ``BEGIN IMMEDIATE``, so the transaction holds
-        the write lock before its first read. ``durable=False`` is for the
-        audit log's batches only: on a SQLite file of this engine (WAL), the
-        commit does not wait for the disk (``synchronous = NORMAL`` for this
-        transaction): a power loss or an OS crash may undo it, a process crash
-        does not, and the database stays consistent. Every other transaction
-        stays durable: the connection gets its own setting back, or is
-        discarded.
+        the write lock before its first read.
         """
         with self.engine.connect() as conn:
             conn = conn.execution_options(**{WRITE_OPTION: True})
-            relax = not durable and self.owned and self.backend == "sqlite"
-            sync = _sqlite_commit_without_sync(conn) if relax else contextlib.nullcontext()
-            with sync, conn.begin():
+            with conn.begin():
                 yield conn
 
     @contextlib.contextmanager

@@ -111,7 +111,7 @@ def test_a_failed_read_replaces_the_connection(db: Database) -> None:
     assert db._readers.reader is not first  # type: ignore[union-attr]
 
 
-# -- write(durable=False): the audit log's batches -----------------------------------------
+# -- write(): every transaction is durable ---------------------------------------------------
 
 
 def _synchronous(conn: sa.Connection) -> int:
@@ -123,36 +123,3 @@ def test_writes_are_durable_by_default(db: Database) -> None:
         assert _synchronous(conn) == 2  # FULL: the commit waits for the disk
         conn.execute(TABLE.insert().values(id=1))
     assert count(db) == 1
-
-
-def test_a_write_that_need_not_be_durable_skips_the_sync_and_restores_it(db: Database) -> None:
-    with db.write(durable=False) as conn:
-        assert _synchronous(conn) == 1  # NORMAL: no fsync at commit (WAL)
-        raw = conn.connection.dbapi_connection
-        conn.execute(TABLE.insert().values(id=1))
-    assert count(db) == 1  # committed, and seen at once
-    assert raw is not None
-    assert raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # the pooled connection's own
-
-    def fail() -> None:
-        nonlocal raw
-        with db.write(durable=False) as conn:
-            raw = conn.connection.dbapi_connection
-            conn.execute(TABLE.insert().values(id=2))
-            raise RuntimeError("rolled back")
-
-    with pytest.raises(RuntimeError):
-        fail()
-    assert count(db) == 1
-    assert raw is not None
-    assert raw.execute("PRAGMA synchronous").fetchone()[0] == 2
-    with db.write() as conn:
-        assert _synchronous(conn) == 2
-
-
-def test_an_engine_of_the_app_keeps_its_own_setting(tmp_path: Path) -> None:
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.sqlite3'}")
-    db = Database(engine)
-    with db.write(durable=False) as conn:
-        assert _synchronous(conn) == 2  # not this module's to change (WAL is not known)
-    engine.dispose()
