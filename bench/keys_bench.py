@@ -251,40 +251,39 @@ def bench_keys(
         bearer = {"Authorization": "Bearer " + base64.b64encode(token.encode()).decode(), **agent}
 
         run.log("HTTP, managed keys on SQLite")
-        guarded = measure_sides(
+
+        def measure(name: str, baseline: Side, route: Side, **floor: Any) -> run.Pair:
+            return measure_sides(
+                name,
+                baseline,
+                route,
+                wrk,
+                rounds=rounds,
+                seconds=seconds,
+                warmup=warmup,
+                tmp=tmp,
+                **floor,
+            )
+
+        guarded = measure(
             "guarded_managed_vs_unguarded",
             Side(audited, run.Route("unguarded", "/channels/chat:lobby/unguarded", bearer)),
             Side(audited, run.Route("guarded", "/channels/chat:lobby/guarded", bearer)),
-            wrk,
-            rounds=rounds,
-            seconds=seconds,
-            warmup=warmup,
-            tmp=tmp,
         )
-        exchange = measure_sides(
+        exchange = measure(
             "exchange_audit_vs_no_audit",
             Side(plain, run.Route("no_audit", path(plain_key), agent, exchange=True), plain_key),
             Side(audited, run.Route("audit", path(audit_key), agent, exchange=True), audit_key),
-            wrk,
-            rounds=rounds,
-            seconds=seconds,
-            warmup=warmup,
-            tmp=tmp,
         )
         # Issue 10: the floor ratio of the exchange holds with managed keys and
         # the audit log on. The baseline is the unguarded route of the same
         # server (no session to read: a little cheaper than bench/apps.py's
         # /empty); the floor a plain loop of durable claims on its nonce file.
         nonces = servers_env["audit"]["TOKENREQ_NONCE_STORE"]
-        floor_pair = measure_sides(
+        floor_pair = measure(
             "exchange_http_sqlite_managed_audit_vs_empty",
             Side(audited, run.Route("empty", "/channels/chat:lobby/unguarded", agent)),
             Side(audited, run.Route("exchange", path(audit_key), agent, exchange=True), audit_key),
-            wrk,
-            rounds=rounds,
-            seconds=seconds,
-            warmup=warmup,
-            tmp=tmp,
             floor=lambda: run.plain_claims_per_s(nonces, seconds),
             floor_name="exchange_http_sqlite_managed_audit_vs_floor",
         )
