@@ -17,6 +17,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from examples import demo
 from flask_tokenreq import sign_token_request
+from tests.browser.test_demo import sign_in
 from tests.servers import serve_app
 
 SETTINGS = {
@@ -45,10 +46,7 @@ def seed(app: demo.Flask) -> None:
 
 
 def open_key_page(page: Page, url: str) -> None:
-    page.goto(f"{url}/")
-    page.get_by_label("Username").fill("carol")
-    page.get_by_label("Password").fill("carol-password")
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, url, "carol")
     page.get_by_role("link", name="Manage keys").click()
     expect(page.get_by_test_id("key-row")).to_have_count(4)
     expect(page.get_by_test_id("audit-row").first).to_be_visible()

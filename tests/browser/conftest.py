@@ -6,11 +6,13 @@
 - ``_isolated``: no ``TOKENREQ_*`` / ``FLASK_*`` settings from outside reach
   the apps under test.
 - :class:`PageErrors` (fixture ``page_errors``): a page's uncaught exceptions
-  and console errors (CSP violations, failed loads), for tests to assert on.
+  and console errors (CSP violations, failed loads), for tests to assert on;
+  :func:`watched_page` opens a page that records them there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import pytest
 from ..conftest import unavailable
 
 try:
-    from playwright.sync_api import Browser, ConsoleMessage, sync_playwright
+    from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 except ImportError:  # pragma: no cover - depends on the environment
     sync_playwright = None  # type: ignore[assignment]
 
@@ -68,3 +70,17 @@ class PageErrors:
 @pytest.fixture
 def page_errors() -> PageErrors:
     return PageErrors()
+
+
+@contextlib.contextmanager
+def watched_page(browser: Browser, errors: PageErrors, width: int, height: int) -> Iterator[Page]:
+    """A page in a browser context of its own (closed afterwards), ``width`` x
+    ``height``, its uncaught exceptions and console errors recorded in ``errors``."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.uncaught.append(str(exc)))
+    page.on("console", errors.on_console)
+    try:
+        yield page
+    finally:
+        context.close()

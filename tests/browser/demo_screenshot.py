@@ -16,6 +16,7 @@ from pathlib import Path
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from examples import demo
+from tests.browser.test_demo import sign_in
 from tests.servers import serve_app
 
 SETTINGS = {
@@ -29,10 +30,7 @@ SETTINGS = {
 def publish_as(browser: Browser, url: str, user: str, data: str, out: Path | None) -> None:
     context = browser.new_context(viewport={"width": 1100, "height": 760})
     page = context.new_page()
-    page.goto(f"{url}/")
-    page.get_by_label("Username").fill(user)
-    page.get_by_label("Password").fill(f"{user}-password")
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, url, user)
     expect(page.get_by_test_id("token-client-id")).to_have_text(user)
     page.get_by_label("Data").fill(data)
     page.get_by_role("button", name="Publish").click()

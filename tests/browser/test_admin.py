@@ -32,10 +32,10 @@ from flask_tokenreq.keys.secret import check_secret_format, hint
 from flask_tokenreq.testing import ManualClock
 
 from ..servers import HitCounter
-from .conftest import PageErrors
+from .conftest import PageErrors, watched_page
 
 with contextlib.suppress(ImportError):  # without Playwright, `browser` skips
-    from playwright.sync_api import Browser, Page, expect
+    from playwright.sync_api import Browser, Locator, Page, expect
 
 pytestmark = pytest.mark.browser
 
@@ -53,12 +53,8 @@ REFUSED = re.compile(r"status of (401|403) ")
 
 @pytest.fixture
 def page(browser: Browser, page_errors: PageErrors) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.on("pageerror", lambda exc: page_errors.uncaught.append(str(exc)))
-    page.on("console", page_errors.on_console)
-    yield page
-    context.close()
+    with watched_page(browser, page_errors, 1280, 860) as page:
+        yield page
 
 
 # -- the app under test -------------------------------------------------------------------------
@@ -236,11 +232,17 @@ def screenshot(page: Page, tmp_path: Path, name: str) -> None:
     assert path.stat().st_size > 1000
 
 
-def create_through_page(page: Page, name: str) -> str:
-    """Create a key with the dialog; returns the secret from the modal (still open)."""
+def open_create_dialog(page: Page, name: str) -> Locator:
+    """Open the Create key dialog and type ``name``; the dialog (not yet submitted)."""
     page.get_by_role("button", name="Create key", exact=True).click()
     dialog = page.get_by_role("dialog", name="Create key")
     dialog.get_by_label("Name").fill(name)
+    return dialog
+
+
+def create_through_page(page: Page, name: str) -> str:
+    """Create a key with the dialog; returns the secret from the modal (still open)."""
+    dialog = open_create_dialog(page, name)
     dialog.get_by_role("button", name="Create", exact=True).click()
     secret_dialog = page.get_by_role("dialog", name="Copy your new key")
     expect(secret_dialog).to_be_visible()
@@ -497,9 +499,7 @@ def test_a_refused_create_says_why_and_changes_nothing(
     page: Page, page_errors: PageErrors, admin: Admin
 ) -> None:
     open_page(page, admin)
-    page.get_by_role("button", name="Create key", exact=True).click()
-    dialog = page.get_by_role("dialog", name="Create key")
-    dialog.get_by_label("Name").fill("Bad capability")
+    dialog = open_create_dialog(page, "Bad capability")
     dialog.get_by_label("Capability").fill("{not json")
     dialog.get_by_role("button", name="Create", exact=True).click()
     expect(dialog.get_by_role("alert")).to_contain_text("The capability must be JSON")
@@ -653,9 +653,7 @@ def test_errors_are_shown_with_a_retry_that_works(
     expect(error).to_be_hidden()
     expect(page.get_by_test_id("key-row")).to_have_count(2)  # the active keys (one static)
 
-    page.get_by_role("button", name="Create key", exact=True).click()
-    dialog = page.get_by_role("dialog", name="Create key")
-    dialog.get_by_label("Name").fill("Made on retry")
+    dialog = open_create_dialog(page, "Made on retry")
     admin.server.stop()
     dialog.get_by_role("button", name="Create", exact=True).click()
     expect(dialog.get_by_role("alert")).to_contain_text("Could not reach the server")
@@ -677,9 +675,7 @@ def test_no_double_create_while_a_request_is_in_flight(
     page: Page, page_errors: PageErrors, admin: Admin
 ) -> None:
     open_page(page, admin)
-    page.get_by_role("button", name="Create key", exact=True).click()
-    dialog = page.get_by_role("dialog", name="Create key")
-    dialog.get_by_label("Name").fill("Only once")
+    dialog = open_create_dialog(page, "Only once")
     admin.hold.arm("POST", KEYS_API)
     create = dialog.get_by_role("button", name="Create", exact=True)
     create.click()

@@ -28,7 +28,7 @@ from examples import demo
 
 from ..conftest import FakeClock
 from ..servers import HitCounter, serve_app
-from .conftest import PageErrors
+from .conftest import PageErrors, watched_page
 
 with contextlib.suppress(ImportError):  # without Playwright, `browser` skips
     from playwright.sync_api import Browser, Page, expect
@@ -47,12 +47,8 @@ SETTINGS = {
 
 @pytest.fixture
 def page(browser: Browser, page_errors: PageErrors) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
-    page = context.new_page()
-    page.on("pageerror", lambda exc: page_errors.uncaught.append(str(exc)))
-    page.on("console", page_errors.on_console)
-    yield page
-    context.close()
+    with watched_page(browser, page_errors, 1100, 760) as page:
+        yield page
 
 
 @dataclass
