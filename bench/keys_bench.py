@@ -91,6 +91,18 @@ class Server(run.Gunicorn):
         self.proc = subprocess.Popen(cmd, env=full_env, cwd=str(run.ROOT))
 
 
+def app_settings(folder: Path, encryption_key: str, *, audit: bool = True) -> dict[str, str]:
+    """What :func:`create_app` reads (as environment variables): managed keys
+    and nonces in SQLite files of ``folder``, the audit log on or off."""
+    return {
+        "TOKENREQ_KEY_ENCRYPTION_KEYS": json.dumps([encryption_key]),
+        "TOKENREQ_DATABASE_URL": f"sqlite:///{folder / 'keys.sqlite3'}",
+        "TOKENREQ_NONCE_STORE": f"sqlite:///{folder / 'nonces.sqlite3'}",
+        "TOKENREQ_SIGNING_SECRET": "bench-keys-signing-secret-0123456789abcdef0123",
+        "TOKENREQ_AUDIT": "true" if audit else "false",
+    }
+
+
 def managed_key(database: str, encryption_key: str) -> str:
     """A fresh managed key in ``database``, with one token revocation of another client."""
     from flask_tokenreq.keys.sql import SqlKeyStore
@@ -215,18 +227,11 @@ def bench_keys(
     figures: dict[str, Any] = {}
     ratios: dict[str, float] = {}
     try:
-        for label, audit in (("audit", "true"), ("no_audit", "false")):
+        for label, audit in (("audit", True), ("no_audit", False)):
             folder = tmp / f"keys-{label}"
             folder.mkdir(exist_ok=True)
-            database = f"sqlite:///{folder / 'keys.sqlite3'}"
-            key = managed_key(database, encryption_key)
-            env = {
-                "TOKENREQ_KEY_ENCRYPTION_KEYS": json.dumps([encryption_key]),
-                "TOKENREQ_DATABASE_URL": database,
-                "TOKENREQ_NONCE_STORE": f"sqlite:///{folder / 'nonces.sqlite3'}",
-                "TOKENREQ_SIGNING_SECRET": "bench-keys-signing-secret-0123456789abcdef0123",
-                "TOKENREQ_AUDIT": audit,
-            }
+            env = app_settings(folder, encryption_key, audit=audit)
+            key = managed_key(env["TOKENREQ_DATABASE_URL"], encryption_key)
             servers_env[label] = env
             server = Server(folder, env)
             servers[label] = (server.__enter__(), key)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
 import statistics
 import sys
@@ -80,15 +79,9 @@ def guard(threads: int, pairs: int, requests: int) -> None:
     with tempfile.TemporaryDirectory(prefix="tokenreq-keys-micro-") as name:
         tmp = Path(name)
         encryption_key = Fernet.generate_key().decode()
-        database = f"sqlite:///{tmp / 'keys.sqlite3'}"
-        key = keys_bench.managed_key(database, encryption_key)
-        settings = {
-            "TOKENREQ_KEY_ENCRYPTION_KEYS": json.dumps([encryption_key]),
-            "TOKENREQ_DATABASE_URL": database,
-            "TOKENREQ_NONCE_STORE": f"sqlite:///{tmp / 'nonces.sqlite3'}",
-            "TOKENREQ_SIGNING_SECRET": "bench-keys-signing-secret-0123456789abcdef0123",
-            "BENCH_INSTANCE_PATH": str(tmp),
-        }
+        settings = keys_bench.app_settings(tmp, encryption_key)
+        key = keys_bench.managed_key(settings["TOKENREQ_DATABASE_URL"], encryption_key)
+        settings["BENCH_INSTANCE_PATH"] = str(tmp)
         saved = {k: os.environ.get(k) for k in settings}
         os.environ.update(settings)
         try:
