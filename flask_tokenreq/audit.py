@@ -40,7 +40,6 @@ import os
 import queue
 import re
 import threading
-import time
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -291,6 +290,8 @@ class AuditLog:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._queue: queue.Queue[Any] = queue.Queue(self.QUEUE_MAX)
+        #: Set to end the background writer's linger early (flush, close).
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         _register(self)
 
@@ -383,6 +384,7 @@ class AuditLog:
             return True
         done = threading.Event()
         self._queue.put(done)
+        self._wake.set()  # after the put: the writer finds ``done`` once awake
         return done.wait(timeout)
 
     # -- reading and purging
@@ -482,38 +484,42 @@ class AuditLog:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._queue = queue.Queue(self.QUEUE_MAX)
+        self._wake = threading.Event()
         self._thread = None
 
     def _run(self) -> None:
         q = self._queue
         while True:
             item = q.get()
-            if item is _SENTINEL:
-                return
+            if isinstance(item, AuditEvent) and q.qsize() < self.BATCH:
+                # Let a batch gather for LINGER_S, asleep: waiting on the queue
+                # instead would wake this thread (a thread switch and a GIL
+                # hand-off) for every event. A flush or close ends the wait.
+                self._wake.wait(self.LINGER_S)
+            self._wake.clear()
             batch: list[AuditEvent] = []
             waiters: list[threading.Event] = []
-            # Gather what arrives within LINGER_S (a flush ends the wait): one
-            # transaction per batch, not one per event under a steady stream.
-            deadline = time.monotonic() + self.LINGER_S
+            stop = False
             while True:
+                if item is _SENTINEL:
+                    stop = True
+                    break
                 if isinstance(item, threading.Event):
                     waiters.append(item)
                 elif isinstance(item, AuditEvent):
                     batch.append(item)
                 if len(batch) >= self.BATCH:
                     break
-                remaining = 0.0 if waiters else deadline - time.monotonic()
                 try:
-                    item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
+                    item = q.get_nowait()
                 except queue.Empty:
-                    break
-                if item is _SENTINEL:
-                    q.put(item)
                     break
             if batch:
                 self._write_batch(batch)
             for w in waiters:
                 w.set()
+            if stop:
+                return
 
     def _ensure_tables(self) -> None:
         """Create the tables once per process before writing (the database may have been
@@ -553,6 +559,7 @@ class AuditLog:
         thread = self._thread
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             self._queue.put(_SENTINEL)
+            self._wake.set()
             thread.join(timeout)
         self._thread = None
 

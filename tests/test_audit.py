@@ -255,6 +255,42 @@ def test_flush_without_a_writer_returns_at_once(log: AuditLog) -> None:
     assert log.flush()
 
 
+def _audit_inserts(log: AuditLog) -> list[int]:
+    """The row count of each INSERT into the audit table from now on."""
+    inserts: list[int] = []
+
+    def count(conn: Any, cur: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
+        if statement.startswith("INSERT INTO tokenreq_audit"):
+            inserts.append(len(params) if many else 1)
+
+    sa.event.listen(log.db.engine, "before_cursor_execute", count)
+    return inserts
+
+
+def test_events_submitted_while_the_writer_lingers_are_written_as_one_batch(log: AuditLog) -> None:
+    # A linger far longer than the flush's timeout: only the flush can end it.
+    log.LINGER_S = 3600.0
+    inserts = _audit_inserts(log)
+    for i in range(50):
+        log.submit("token.issued", key_name="a.1", client_id=f"c{i}")
+    assert log.flush(timeout=30)
+    assert len(all_rows(log)) == 50
+    assert inserts == [50]  # one batch
+
+
+def test_a_flush_and_a_close_end_the_writers_linger(log: AuditLog) -> None:
+    log.LINGER_S = 3600.0
+    log.submit("token.issued", key_name="a.1", client_id="first")
+    assert log.flush(timeout=30)
+    assert [r["client_id"] for r in all_rows(log)] == ["first"]
+    log.submit("token.issued", key_name="a.1", client_id="second")
+    thread = log._thread
+    assert thread is not None
+    log.close(timeout=30)
+    assert not thread.is_alive()
+    assert [r["client_id"] for r in all_rows(log)] == ["first", "second"]
+
+
 @pytest.mark.postgres
 def test_submitted_events_are_dropped_and_counted_when_the_database_is_down(
     postgres_url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
