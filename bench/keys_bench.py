@@ -81,9 +81,7 @@ class Server(run.Gunicorn):
         full_env.update(env, BENCH_INSTANCE_PATH=str(instance))
         cmd = [
             str(Path(sys.executable).with_name("gunicorn")),
-            *("--bind", f"127.0.0.1:{self.port}", "--workers", str(self.WORKERS)),
-            *("--worker-class", self.WORKER_CLASS),
-            *(["--threads", str(self.THREADS)] if self.WORKER_CLASS == "gthread" else []),
+            *("--bind", f"127.0.0.1:{self.port}", *self.worker_args()),
             *("--pythonpath", str(BENCH), "--log-level", "warning", "--graceful-timeout", "3"),
             "keys_bench:create_app()",
         ]

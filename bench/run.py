@@ -544,6 +544,20 @@ class Gunicorn:
     WORKERS = int(os.environ.get("TOKENREQ_BENCH_WORKERS", "2"))
     THREADS = int(os.environ.get("TOKENREQ_BENCH_THREADS", "2"))
     WORKER_CLASS = os.environ.get("TOKENREQ_BENCH_WORKER_CLASS", "gthread")
+    #: Most connections one gthread worker takes (gunicorn's --worker-connections).
+    #: Fewer than wrk's 8, so every worker gets some: with gunicorn's default
+    #: (1000), one worker accepted all 8 in about half of the runs while the
+    #: other idled, which halved req/s for that run (docs/performance.md, Method).
+    WORKER_CONNECTIONS = int(os.environ.get("TOKENREQ_BENCH_WORKER_CONNECTIONS", "6"))
+
+    @classmethod
+    def worker_args(cls) -> list[str]:
+        """The worker model's command-line arguments (shared with keys_bench's server)."""
+        args = ["--workers", str(cls.WORKERS), "--worker-class", cls.WORKER_CLASS]
+        if cls.WORKER_CLASS == "gthread":
+            args += ["--threads", str(cls.THREADS)]
+            args += ["--worker-connections", str(cls.WORKER_CONNECTIONS)]
+        return args
 
     def __init__(self, nonce_store: str, instance: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -554,11 +568,7 @@ class Gunicorn:
             str(Path(sys.executable).with_name("gunicorn")),
             "--bind",
             f"127.0.0.1:{self.port}",
-            "--workers",
-            str(self.WORKERS),
-            "--worker-class",
-            self.WORKER_CLASS,
-            *(["--threads", str(self.THREADS)] if self.WORKER_CLASS == "gthread" else []),
+            *self.worker_args(),
             "--pythonpath",
             str(BENCH),
             "--log-level",
