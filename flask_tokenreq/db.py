@@ -130,6 +130,9 @@ class Database:
         name: str = "database",
     ) -> None:
         self.name = name
+        #: The database file of a SQLite database configured here by a plain path
+        #: (symlinks resolved); ``None`` otherwise.
+        self.sqlite_file: str | None = None
         #: SQLite: each thread's reading connection for :meth:`fetch` (``None``: the pool).
         self._readers: threading.local | None = None
         self._reader_lock = threading.Lock()
@@ -158,6 +161,8 @@ class Database:
         self._dbapi_error = self.engine.dialect.loaded_dbapi.Error
         if self.backend == "sqlite":
             self._readers = threading.local()
+            if u.database and not u.database.startswith("file:"):
+                self.sqlite_file = os.path.realpath(u.database)
         if self.backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)

@@ -28,6 +28,7 @@ from flask_tokenreq import KeyAdmin, models, sign_token_request
 from flask_tokenreq.admin import tickets
 from flask_tokenreq.audit import AuditEvent
 from flask_tokenreq.errors import ConfigError, StoreUnavailable
+from flask_tokenreq.keys import changes
 from flask_tokenreq.keys.secret import hint
 from flask_tokenreq.provider import TokenProvider
 from flask_tokenreq.stores import MemoryNonceStore, NonceStore, open_nonce_store
@@ -748,7 +749,7 @@ def test_a_database_down_is_503_for_the_api(tmp_path: Path, clock: FakeClock) ->
     admin.create()
     folder_db = folder / "keys.sqlite3"
     folder_db.unlink()
-    for suffix in ("-wal", "-shm"):
+    for suffix in ("-wal", "-shm", changes.SUFFIX):
         (folder / f"keys.sqlite3{suffix}").unlink(missing_ok=True)
     folder.rmdir()
     folder.write_text("gone again")

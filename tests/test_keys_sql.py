@@ -32,7 +32,8 @@ from flask_tokenreq.errors import (
     NotFound,
     StoreUnavailable,
 )
-from flask_tokenreq.keys import ApiKey, KeyStore, parse_key
+from flask_tokenreq.keys import ApiKey, KeyStore, changes, parse_key
+from flask_tokenreq.keys.changes import ChangeCounter
 from flask_tokenreq.keys.secret import PREFIX, check_secret_format, hint
 from flask_tokenreq.keys.sql import REAUTH_MARGIN_MS, REVOCATION_KEEP_MS, SqlKeyStore
 from tests.conftest import DATABASE_URL, FakeClock
@@ -497,14 +498,19 @@ def count_statements(store: SqlKeyStore) -> list[str]:
 def test_a_valid_cache_costs_one_primary_key_read(
     store: SqlKeyStore, worker2: SqlKeyStore, clock: FakeClock
 ) -> None:
+    """On PostgreSQL, the generation row; on SQLite, not even that: the change
+    counter beside the database file says that nothing changed."""
     key, _ = store.create("k")
     store.revoke_tokens(key.key_name, ["clientId:alice"])
     worker2.token_revoked(key.key_name, "alice", None, clock() - 1)  # fills the cache
     seen = count_statements(worker2)
     for _ in range(5):
         assert worker2.token_revoked(key.key_name, "alice", None, clock() - 1)
-    assert len(seen) == 5
-    assert all("tokenreq_generation" in s for s in seen)
+    if store.database.backend == "sqlite":
+        assert seen == []
+    else:
+        assert len(seen) == 5
+        assert all("tokenreq_generation" in s for s in seen)
     # A change anywhere invalidates it: the next call reads the key again.
     _other, _ = store.create("other")
     seen.clear()
@@ -512,12 +518,92 @@ def test_a_valid_cache_costs_one_primary_key_read(
     assert len(seen) > 1
 
 
+def counter_file(store: SqlKeyStore) -> Path:
+    assert store.database.sqlite_file is not None
+    return Path(store.database.sqlite_file + changes.SUFFIX)
+
+
+def set_counter(store: SqlKeyStore, value: int) -> None:
+    """Write the change counter as a process that died mid-change would leave it."""
+    counter = ChangeCounter(str(counter_file(store)))
+    counter._write(value)
+    counter.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_on_sqlite_each_change_moves_the_counter_beside_the_database(
+    store: SqlKeyStore, worker2: SqlKeyStore
+) -> None:
+    key, _ = store.create("k")
+    assert worker2.state(key.key_name) is not None
+    path = counter_file(store)
+    counter = ChangeCounter(str(path))
+    before = counter.read()
+    assert before % 2 == 0  # no change in progress
+    store.revoke_tokens(key.key_name, ["clientId:a"])
+    store.purge_revocations()
+    store.revoke(key.key_name, "r")
+    assert counter.read() == before + 6
+    state = worker2.state(key.key_name)
+    assert state is not None
+    assert state.status == "revoked"
+    counter.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_change_left_half_done_makes_every_process_read_the_database(
+    store: SqlKeyStore, worker2: SqlKeyStore, clock: FakeClock
+) -> None:
+    """An odd counter (a process died between its change's start and end) is a change
+    in progress: readers then read the database on every call, and see a change made
+    without the counter at once; the next change through the store ends that."""
+    key, _ = store.create("k")
+    assert worker2.token_revoked(key.key_name, "alice", None, clock()) is False  # cached
+    set_counter(store, ChangeCounter(str(counter_file(store))).read() + 1)
+    with store.database.engine.begin() as conn:  # a change the counter does not show
+        conn.execute(
+            models.keys.update()
+            .where(models.keys.c.key_name == key.key_name)
+            .values(status="revoked", revoked_reason="by hand")
+        )
+        conn.execute(models.generation.update().values(value=models.generation.c.value + 1))
+    assert worker2.token_revoked(key.key_name, "alice", None, clock()) is True
+    other, _ = store.create("other")  # steps over the odd value
+    value = ChangeCounter(str(counter_file(store))).read()
+    assert value % 2 == 0
+    assert worker2.state(other.key_name) is not None
+    seen = count_statements(worker2)
+    assert worker2.state(other.key_name) is not None
+    assert seen == []  # cached again
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_change_that_cannot_reach_the_counter_is_not_made(db_url: str, clock: FakeClock) -> None:
+    first = SqlKeyStore(db_url, [FERNET_1], now_ms=clock)
+    first.create_tables()
+    key, _ = first.create("k")
+    first.close()
+    path = counter_file(first)
+    path.unlink()
+    path.mkdir()  # what the store cannot open as its counter
+    store = SqlKeyStore(db_url, [FERNET_1], now_ms=clock)
+    try:
+        with pytest.raises(StoreUnavailable, match="change counter"):
+            store.revoke(key.key_name, "r")
+        state = store.state(key.key_name)  # reads go to the database
+        assert state is not None
+        assert state.status == "active"
+        assert store.state(key.key_name) == state
+    finally:
+        store.close()
+
+
 def test_the_cache_holds_no_secret(store: SqlKeyStore, clock: FakeClock) -> None:
     key, full = store.create("k")
     store.state(key.key_name)
     store.get(key.key_name)
     _, secret = parse_key(full)
-    assert secret not in repr(store._cache)
+    assert secret not in repr(store._snapshot)
     assert secret not in repr(vars(store))
 
 

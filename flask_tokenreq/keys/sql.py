@@ -48,6 +48,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..settings import fernet_keys
+from . import changes
 from .base import (
     ApiKey,
     GraceSecret,
@@ -57,6 +58,7 @@ from .base import (
     expired,
     has_passed,
 )
+from .changes import ChangeCounter
 from .secret import (
     hint,
     new_key_id,
@@ -259,9 +261,13 @@ class SqlKeyStore:
         self.audit = AuditLog(
             self._db, now_ms=now_ms, enabled=audit, retention_days=audit_retention_days
         )
-        self._cache: dict[str, KeyState] = {}
-        self._cache_generation: int | None = None
+        #: The guard's cache, replaced whole: ``(mark, generation, states)``. ``mark``:
+        #: the change counter's value read before ``generation`` (SQLite; else ``None``).
+        self._snapshot: tuple[int | None, int | None, dict[str, KeyState]] = (None, None, {})
         self._cache_lock = threading.Lock()
+        self._counter: ChangeCounter | None = None
+        self._counter_error: str | None = None
+        self._counter_opened = False
         self._last_used: dict[str, int] = {}
         # The two statements of the hot paths, compiled once (see Database.fetch).
         g, k, sec = models.generation, models.keys, models.key_secrets
@@ -295,6 +301,60 @@ class SqlKeyStore:
     def close(self) -> None:
         self.audit.close()
         self._db.dispose()
+        with self._cache_lock:
+            if self._counter is not None:
+                self._counter.close()
+            self._counter, self._counter_opened = None, False  # reopened if used again
+
+    # -- the change counter (SQLite; keys/changes.py)
+
+    def _change_counter(self) -> ChangeCounter | None:
+        """The counter beside a SQLite database in WAL mode, opened once; ``None``
+        for other databases, or when it cannot be opened (``_counter_error`` says why)."""
+        if not self._counter_opened:
+            with self._cache_lock:
+                if not self._counter_opened:
+                    self._counter = self._open_counter()
+                    self._counter_opened = True
+        return self._counter
+
+    def _open_counter(self) -> ChangeCounter | None:
+        """Database errors propagate (the next call tries again); a counter file that
+        cannot be opened is remembered: this process then reads the database on
+        every guarded request and refuses changes."""
+        path = self._db.sqlite_file
+        if path is None or not changes.supported():
+            return None
+        with self._db.engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        if str(mode).lower() != "wal":
+            return None  # not tied to this host's shared memory: read the database
+        try:
+            return ChangeCounter(path + changes.SUFFIX)
+        except OSError as exc:
+            self._counter_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+            logger.warning("key store: no change counter beside %s: %s", path, self._counter_error)
+            return None
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around the transaction of a change: the change counter, when there is one.
+
+        A change that cannot signal itself to the processes that cache through
+        the counter is not made (fail closed).
+        """
+        counter = self._change_counter()
+        if counter is None:
+            if self._counter_error is not None:
+                # The file's path and the reason are in the log line of _open_counter.
+                raise StoreUnavailable(
+                    "The key store's change counter cannot be opened, so key changes are "
+                    "refused (the server log says why)"
+                )
+            yield
+            return
+        with counter.changing():
+            yield
 
     # -- set-up
 
@@ -465,23 +525,37 @@ class SqlKeyStore:
         return self._db.guard(lambda: self._state(key_name))
 
     def _state(self, key_name: str) -> KeyState | None:
-        # The counter first: what is read after it is at least as new, so
-        # keeping it under this number can only make the cache refresh early.
+        # The change counter (SQLite), then the generation: each is read before
+        # what it vouches for, so a cached state is never older than either.
+        counter = self._change_counter()
+        mark = counter.read() if counter is not None else None
+        if mark is not None and mark % 2:
+            mark = None  # a change in progress: read the database
+        if mark is not None:
+            snap_mark, _, states = self._snapshot
+            if snap_mark == mark:  # no change has begun since the states were read
+                cached = states.get(key_name)
+                if cached is not None:
+                    return cached
         found = self._db.fetch(self._generation_sql, {})
         generation = found[0][0] if found else -1  # not seeded: read every time
-        if generation == self._cache_generation:
-            cached = self._cache.get(key_name)
-            if cached is not None:
-                return cached
-        with self._db.read() as conn:
-            state = self._load_state(conn, key_name)
+        snap_mark, snap_generation, states = self._snapshot
+        state = states.get(key_name) if generation == snap_generation else None
+        if state is not None and (mark is None or mark == snap_mark):
+            return state
+        if state is None:
+            with self._db.read() as conn:
+                state = self._load_state(conn, key_name)
         if generation >= 0:
+            # Entries are only added under the generation they were read after, and
+            # the mark is this call's: one read before that generation.
             with self._cache_lock:
-                if generation != self._cache_generation:
-                    self._cache = {}
-                    self._cache_generation = generation
-                if state is not None and self._cache_generation == generation:
-                    self._cache[key_name] = state
+                _, snap_generation, states = self._snapshot
+                if snap_generation != generation:
+                    states = {}
+                if state is not None:
+                    states[key_name] = state
+                self._snapshot = (mark, generation, states)
         return state
 
     def _load_state(self, conn: sa.Connection, key_name: str) -> KeyState | None:
@@ -594,7 +668,7 @@ class SqlKeyStore:
     def _change(self) -> Iterator[AuditTransaction]:
         """The transaction of one key change: the generation bump first, then the
         change and its audit rows, committed together (seen at once everywhere)."""
-        with self.audit.transaction() as tx:
+        with self._changing(), self.audit.transaction() as tx:
             self._bump(tx.conn)
             yield tx
 
@@ -887,7 +961,7 @@ class SqlKeyStore:
         _check_ms("keep_ms", keep_ms)
 
         def run() -> int:
-            with self._db.write() as conn:
+            with self._changing(), self._db.write() as conn:
                 self._bump(conn)
                 return _purge_revocations(conn, self._now() - keep_ms)
 
