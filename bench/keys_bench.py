@@ -3,8 +3,9 @@
 
 - ``guarded_managed_vs_unguarded``: a route guarded by ``provider.require()``
   with a token of a **managed** key on SQLite (the key's state and its token
-  revocations are checked on every request: one read of the generation
-  counter, the key's revocation list is not empty) against the same handler
+  revocations are checked on every request: one read of the shared-memory
+  change counter, a database read after any change; the key's revocation
+  list is not empty) against the same handler
   unguarded, on one gunicorn server.
 - ``exchange_audit_vs_no_audit``: ``POST /keys/<keyName>/requestToken`` with a
   managed key on SQLite and the audit log on (``token.issued`` rows, batched)

@@ -2,7 +2,9 @@
 
 ``calls`` (the default) prints microseconds per call for:
 
-- ``token_revoked`` with a warm cache (one generation read per call): the token guard;
+- ``token_revoked`` with a warm cache (on SQLite one read of the change counter,
+  ``flask_tokenreq/keys/changes.py``; 8.6 µs per call with the generation read it
+  replaced, 2.2 µs after): the token guard;
 - ``state`` with a warm cache;
 - ``get`` (key row + secrets + Fernet decrypt): exchanges and key auth.
 
