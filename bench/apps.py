@@ -79,12 +79,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         _sqlite_synchronous(synchronous)
     app.config.update(overrides or {})
 
-    login = LoginManager(app)
-
-    @login.user_loader
-    def load_user(user_id: str) -> User | None:
-        return User(user_id) if user_id.startswith("user-") else None
-
+    add_session_routes(app)
     issuer = TokenIssuer(app)
 
     @issuer.client_id_loader
@@ -96,6 +91,19 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         return USER_CAPABILITY
 
     provider = TokenProvider(app)
+    add_channel_routes(app, provider)
+    return app
+
+
+def add_session_routes(app: Flask) -> None:
+    """flask-login, ``POST /login`` and the baseline ``GET /empty`` (also keys_bench's)."""
+    if not app.config.get("SECRET_KEY"):  # Flask's default is None
+        app.config["SECRET_KEY"] = SESSION_KEY
+    login = LoginManager(app)
+
+    @login.user_loader
+    def load_user(user_id: str) -> User | None:
+        return User(user_id) if user_id.startswith("user-") else None
 
     @app.post("/login")
     def do_login() -> Response:
@@ -110,9 +118,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         if not current_user.is_authenticated:
             raise Unauthorized("Login required")
         return json_response({"ok": True})
-
-    add_channel_routes(app, provider)
-    return app
 
 
 def add_channel_routes(app: Flask, provider: TokenProvider) -> None:

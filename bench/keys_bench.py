@@ -11,6 +11,11 @@
   managed key on SQLite and the audit log on (``token.issued`` rows, batched)
   against the same exchange with ``TOKENREQ_AUDIT=false``: two servers that
   differ only in that setting, measured in alternating order (AB BA ...).
+- ``exchange_http_sqlite_managed_audit_vs_floor`` (informational): the
+  exchange of a managed key with the audit log on, over the floor of
+  ``exchange_http_sqlite_vs_floor`` measured the same way (the signed-in
+  ``/empty`` route, or plain durable claims on the server's nonce file), on
+  a third server that also has flask-login.
 
 Each ratio is the median of per-round ratios (req/s of the route over req/s of
 its baseline, measured one after the other). ``bench/run.py`` calls
@@ -57,17 +62,22 @@ USER_AGENT = run.USER_AGENT
 def create_app() -> Any:
     """The app under gunicorn (``keys_bench:create_app()``), configured by ``TOKENREQ_*``.
 
-    The provider at the root, and ``/channels/<name>/unguarded`` and
+    The provider at the root, ``/channels/<name>/unguarded`` and
     ``/channels/<name>/guarded``: one handler, the second wrapped in
-    ``provider.require("subscribe", "{name}")`` (bench/apps.py's ``add_channel_routes``).
+    ``provider.require("subscribe", "{name}")``; with ``BENCH_SESSION_ROUTES``
+    set, also flask-login, ``POST /login`` and the baseline ``GET /empty`` of the
+    static-key floor ratios (bench/apps.py's ``add_channel_routes`` and
+    ``add_session_routes``).
     """
-    from apps import add_channel_routes
+    from apps import add_channel_routes, add_session_routes
     from flask import Flask
 
     from flask_tokenreq import TokenProvider, settings
 
     app = Flask(__name__, instance_path=os.environ.get("BENCH_INSTANCE_PATH") or None)
     settings.from_env(app.config)
+    if os.environ.get("BENCH_SESSION_ROUTES"):
+        add_session_routes(app)
     add_channel_routes(app, TokenProvider(app))
     return app
 
@@ -226,16 +236,23 @@ def bench_keys(
     figures: dict[str, Any] = {}
     ratios: dict[str, float] = {}
     try:
-        for label, audit in (("audit", True), ("no_audit", False)):
+        # The floor pair's server also has flask-login and /empty (the baseline of
+        # the static-key floor ratios); the others have only the provider.
+        for label, audit, session_routes in (
+            ("audit", True, False),
+            ("no_audit", False, False),
+            ("floor", True, True),
+        ):
             folder = tmp / f"keys-{label}"
             folder.mkdir(exist_ok=True)
             env = app_settings(folder, encryption_key, audit=audit)
             key = managed_key(env["TOKENREQ_DATABASE_URL"], encryption_key)
             servers_env[label] = env
-            server = Server(folder, env)
+            server = Server(folder, {**env, "BENCH_SESSION_ROUTES": "1"} if session_routes else env)
             servers[label] = (server.__enter__(), key)
         audited, audit_key = servers["audit"]
         plain, plain_key = servers["no_audit"]
+        floored, floor_key = servers["floor"]
         agent = {"User-Agent": USER_AGENT}
 
         def path(key: str) -> str:
@@ -280,14 +297,15 @@ def bench_keys(
             Side(audited, run.Route("audit", path(audit_key), agent, exchange=True), audit_key),
         )
         # Issue 10: the floor ratio of the exchange holds with managed keys and
-        # the audit log on. The baseline is the unguarded route of the same
-        # server (no session to read: a little cheaper than bench/apps.py's
-        # /empty); the floor a plain loop of durable claims on its nonce file.
-        nonces = servers_env["audit"]["TOKENREQ_NONCE_STORE"]
+        # the audit log on. Measured as exchange_http_sqlite_vs_floor is: the
+        # baseline is /empty with a signed-in session (bench/apps.py's route, on
+        # this server), the floor a plain loop of durable claims on its nonce file.
+        nonces = servers_env["floor"]["TOKENREQ_NONCE_STORE"]
+        session = {"Cookie": floored.login(), **agent}
         floor_pair = measure(
             "exchange_http_sqlite_managed_audit_vs_empty",
-            Side(audited, run.Route("empty", "/channels/chat:lobby/unguarded", agent)),
-            Side(audited, run.Route("exchange", path(audit_key), agent, exchange=True), audit_key),
+            Side(floored, run.Route("empty", "/empty", session)),
+            Side(floored, run.Route("exchange", path(floor_key), agent, exchange=True), floor_key),
             floor=lambda: run.plain_claims_per_s(nonces, seconds),
             floor_name="exchange_http_sqlite_managed_audit_vs_floor",
         )
