@@ -547,7 +547,7 @@ class Gunicorn:
     #: Most connections one gthread worker takes (gunicorn's --worker-connections).
     #: Fewer than wrk's 8, so every worker gets some: with gunicorn's default
     #: (1000), one worker accepted all 8 in about half of the runs while the
-    #: other idled, which halved req/s for that run (docs/performance.md, Method).
+    #: other idled, which halved req/s for that run (docs/performance.md, "fourth pass").
     WORKER_CONNECTIONS = int(os.environ.get("TOKENREQ_BENCH_WORKER_CONNECTIONS", "6"))
 
     @classmethod

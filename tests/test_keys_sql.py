@@ -523,11 +523,12 @@ def counter_file(store: SqlKeyStore) -> Path:
     return Path(store.database.sqlite_file + changes.SUFFIX)
 
 
-def set_counter(store: SqlKeyStore, value: int) -> None:
-    """Write the change counter as a process that died mid-change would leave it."""
-    counter = ChangeCounter(str(counter_file(store)))
-    counter._write(value)
-    counter.close()
+def counter_of(store: SqlKeyStore) -> ChangeCounter:
+    """The store's own change counter (the store closes it)."""
+    counter = store._change_counter()
+    assert counter is not None
+    assert counter.path == str(counter_file(store))
+    return counter
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -536,8 +537,7 @@ def test_on_sqlite_each_change_moves_the_counter_beside_the_database(
 ) -> None:
     key, _ = store.create("k")
     assert worker2.state(key.key_name) is not None
-    path = counter_file(store)
-    counter = ChangeCounter(str(path))
+    counter = counter_of(store)
     before = counter.read()
     assert before % 2 == 0  # no change in progress
     store.revoke_tokens(key.key_name, ["clientId:a"])
@@ -547,7 +547,6 @@ def test_on_sqlite_each_change_moves_the_counter_beside_the_database(
     state = worker2.state(key.key_name)
     assert state is not None
     assert state.status == "revoked"
-    counter.close()
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -559,7 +558,8 @@ def test_a_change_left_half_done_makes_every_process_read_the_database(
     without the counter at once; the next change through the store ends that."""
     key, _ = store.create("k")
     assert worker2.token_revoked(key.key_name, "alice", None, clock()) is False  # cached
-    set_counter(store, ChangeCounter(str(counter_file(store))).read() + 1)
+    counter = counter_of(store)
+    counter._write(counter.read() + 1)  # as a process that died mid-change leaves it
     with store.database.engine.begin() as conn:  # a change the counter does not show
         conn.execute(
             models.keys.update()
@@ -569,8 +569,7 @@ def test_a_change_left_half_done_makes_every_process_read_the_database(
         conn.execute(models.generation.update().values(value=models.generation.c.value + 1))
     assert worker2.token_revoked(key.key_name, "alice", None, clock()) is True
     other, _ = store.create("other")  # steps over the odd value
-    value = ChangeCounter(str(counter_file(store))).read()
-    assert value % 2 == 0
+    assert counter.read() % 2 == 0
     assert worker2.state(other.key_name) is not None
     seen = count_statements(worker2)
     assert worker2.state(other.key_name) is not None

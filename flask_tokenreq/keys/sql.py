@@ -322,6 +322,7 @@ class SqlKeyStore:
         """Database errors propagate (the next call tries again); a counter file that
         cannot be opened is remembered: this process then reads the database on
         every guarded request and refuses changes."""
+        self._counter_error = None
         path = self._db.sqlite_file
         if path is None or not changes.supported():
             return None
