@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -93,8 +94,7 @@ def error_from_response(response: requests.Response, what: str = "provider") -> 
         elif isinstance(err, str):
             message = err
     if code is None:
-        header = response.headers.get("X-Ably-ErrorCode", "")
-        code = int(header) if header.isdigit() else None
+        code = _header_code(response)
     if message is None:
         message = response.headers.get("X-Ably-ErrorMessage")
     if code is None:
@@ -104,6 +104,13 @@ def error_from_response(response: requests.Response, what: str = "provider") -> 
     if not message:
         message = f"{what} answered HTTP {response.status_code}"
     return make_error(code, status, message[:1000])
+
+
+def _header_code(response: requests.Response) -> int | None:
+    """The ``X-Ably-ErrorCode`` header as a number, or ``None`` (absent or not
+    ASCII digits: ``"²".isdigit()`` is true, but ``int("²")`` fails)."""
+    header = response.headers.get("X-Ably-ErrorCode", "")
+    return int(header) if header.isascii() and header.isdigit() else None
 
 
 def _check_token_details(data: Any, what: str) -> dict[str, Any]:
@@ -212,9 +219,12 @@ def jwt_times(token: str) -> tuple[int | None, int | None]:
 
     def ms(name: str) -> int | None:
         value = claims.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return int(value * 1000)
-        return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        millis = value * 1000
+        if isinstance(millis, float) and not math.isfinite(millis):
+            return None  # inf, NaN or too large: no time to renew by
+        return int(millis)
 
     return ms("iat"), ms("exp")
 
@@ -437,8 +447,7 @@ class TokenAuth(requests.auth.AuthBase):
             nonlocal retried
             if retried or response.status_code != 401:
                 return response
-            code = response.headers.get("X-Ably-ErrorCode", "")
-            if not (code.isdigit() and int(code) in RENEWABLE_CODES):
+            if _header_code(response) not in RENEWABLE_CODES:
                 return response
             retried = True
             body: Any = response.request.body

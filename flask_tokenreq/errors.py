@@ -42,6 +42,24 @@ def _header_safe(text: str) -> str:
     return flat.encode("latin-1", "replace").decode("latin-1")[:512]
 
 
+def json_text(data: Any) -> str:
+    """``data`` as compact JSON with non-ASCII as is (as ably-js writes it): the one
+    writer of JSON answers.
+
+    A lone surrogate (JSON can carry one, UTF-8 cannot) would fail when the
+    answer is encoded, after the view did its work: then the whole text is
+    written with ``\\u`` escapes instead, which every JSON reader decodes to
+    the same value.
+    """
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(data, separators=(",", ":"))
+    return text
+
+
 class TokenReqError(HTTPException):
     """An Ably-style error: an Ably ``code``, an HTTP ``status`` and a message."""
 
@@ -100,7 +118,7 @@ class TokenReqError(HTTPException):
         environ: WSGIEnvironment | None = None,
         scope: dict[str, Any] | None = None,
     ) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return json_text(self.to_dict())
 
     @overload
     def get_response(

@@ -16,13 +16,23 @@ from typing import Any
 
 import msgpack
 from flask import Request, Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
 
-from .errors import BodyTooLarge, InvalidBody, TokenReqError, UnsupportedMediaType
+from .errors import BodyTooLarge, InvalidBody, TokenReqError, UnsupportedMediaType, json_text
 
 JSON = "application/json"
 JWT = "application/jwt"
 MSGPACK = "application/x-msgpack"
+#: Methods the library's routes accept, so that :func:`allow` answers a wrong one
+#: with an Ably 405 (a method no route lists is refused by routing, before the
+#: blueprint's error handlers could make it an Ably error).
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def allow(req: Request, *methods: str) -> None:
+    """Refuse any other method with an Ably 405 (routes take :data:`ALL_METHODS`)."""
+    if req.method not in methods:
+        raise MethodNotAllowed(valid_methods=[*methods, "OPTIONS"])
 
 
 def no_store(response: Response) -> Response:
@@ -36,8 +46,7 @@ def no_store(response: Response) -> Response:
 
 def json_response(data: Any, status: int = 200) -> Response:
     """``data`` as compact JSON, exactly ``application/json``, not cacheable."""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return no_store(Response(body, status=status, mimetype=JSON))
+    return no_store(Response(json_text(data), status=status, mimetype=JSON))
 
 
 def wants_msgpack(req: Request | None = None) -> bool:
@@ -56,7 +65,8 @@ def ably_response(data: Any, status: int = 200) -> Response:
     appended to the message's ``encoding``, as Ably does.
     """
     if wants_msgpack():
-        body = msgpack.packb(data, use_bin_type=True)
+        # msgpack strings are UTF-8: a lone surrogate is written as its escape.
+        body = msgpack.packb(data, use_bin_type=True, unicode_errors="backslashreplace")
         return no_store(Response(body, status=status, mimetype=MSGPACK))
     messages = [_json_message(m) for m in data] if isinstance(data, list) else _json_message(data)
     return json_response(messages, status)

@@ -56,14 +56,25 @@ from .errors import (
     IncompatibleClientId,
     InternalError,
     InvalidBody,
+    InvalidClientId,
     InvalidParameter,
     ProviderUnreachable,
     Unauthorized,
     ably_errors,
 )
-from .http import JSON, JWT, Cors, json_response, no_store, parse_json, read_body
+from .http import (
+    ALL_METHODS,
+    JSON,
+    JWT,
+    Cors,
+    allow,
+    json_response,
+    no_store,
+    parse_json,
+    read_body,
+)
 from .keys.base import configured_key
-from .tokenrequest import TokenRequest, sign_token_request
+from .tokenrequest import TokenRequest, sign_token_request, text_problem
 from .tokens import reserved_claim
 
 __all__ = [
@@ -220,7 +231,7 @@ class TokenIssuer:
 
     def _make_blueprint(self) -> Blueprint:
         bp = Blueprint(EXTENSION, __name__)
-        bp.add_url_rule("/token", "token", self._view, methods=["GET", "POST", "OPTIONS"])
+        bp.add_url_rule("/token", "token", self._view, methods=ALL_METHODS)
         bp.add_url_rule("/tokenreq.js", "script", _script_view, methods=["GET"])
         ably_errors(bp)
         bp.after_request(self._after_request)
@@ -277,6 +288,7 @@ class TokenIssuer:
             response = cors.preflight(request) if cors else Response(status=204)
             response.headers["Allow"] = "GET, HEAD, POST, OPTIONS"
             return response
+        allow(request, "GET", "HEAD", "POST")
         return self._issue(state)
 
     def _issue(self, state: _State) -> Response:
@@ -350,9 +362,7 @@ class TokenIssuer:
             allowed = self._client_id_loader(user)
         else:
             allowed = user.get_id()
-        if allowed is not None and (
-            not isinstance(allowed, str) or not allowed or "\n" in allowed or "\r" in allowed
-        ):
+        if allowed is not None and (not isinstance(allowed, str) or text_problem(allowed)):
             raise InternalError("client_id_loader returned an invalid clientId")
         if requested is None or requested == allowed or allowed == "*":
             return allowed if requested is None else requested
@@ -589,11 +599,17 @@ def _ttl_param(params: Mapping[str, Any], settings: IssuerSettings) -> int:
 
 
 def _client_id_param(params: Mapping[str, Any]) -> str | None:
+    """The requested clientId, checked as a signed field is, whatever the format."""
     camel = _str_param(params, "clientId")
     snake = _str_param(params, "client_id")
     if camel is not None and snake is not None and camel != snake:
         raise BadRequest("clientId and client_id differ; send one of them")
-    return camel if camel is not None else snake
+    requested = camel if camel is not None else snake
+    if requested is not None:
+        problem = text_problem(requested)
+        if problem is not None:
+            raise InvalidClientId(f"clientId {problem}; omit it to get your own")
+    return requested
 
 
 def _project_param(params: Mapping[str, Any]) -> str | None:

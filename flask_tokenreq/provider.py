@@ -40,7 +40,6 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import MethodNotAllowed as _WerkzeugMethodNotAllowed
 from werkzeug.routing import BuildError
 
 from . import extension, signals
@@ -68,9 +67,11 @@ from .errors import (
     ably_errors,
 )
 from .http import (
+    ALL_METHODS,
     MSGPACK,
     Cors,
     ably_response,
+    allow,
     json_response,
     parse_json,
     parse_msgpack,
@@ -95,14 +96,15 @@ audit_log = logging.getLogger("flask_tokenreq.audit")
 CORS_HEADERS = ("content-type", "x-ably-version", "ably-agent", "authorization", "x-ably-clientid")
 #: Longest nonce accepted (characters); Ably clients send 16 to 32.
 MAX_NONCE_LENGTH = 256
-#: Extra time a nonce is kept beyond ``timestamp + window``.
-NONCE_MARGIN_MS = 1000
+#: How long a claim outlives the last moment its request could be accepted. Hosts
+#: sharing a nonce store each judge expiry on their own clock, so a host whose clock
+#: is ahead lets a claim go early: this margin is the clock difference between
+#: hosts that still cannot let a replay through (see :func:`claim_nonce`).
+NONCE_MARGIN_MS = 60_000
 #: Extension name in ``app.extensions`` and blueprint name.
 EXTENSION = "tokenreq_provider"
 #: Where the per-app state lives in ``app.extensions``.
 STATE = EXTENSION + ".state"
-#: Methods routes accept, so that :func:`allow` answers a wrong one with a JSON 405.
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 ResourceSpec = str | Callable[..., str] | None
@@ -423,8 +425,8 @@ class TokenProvider:
                 "capability have nothing in common"
             )
         # 7. nonce, single use (only after the MAC passed)
-        expires_at = treq.timestamp + settings.window_ms + NONCE_MARGIN_MS
-        if not claim_nonce(state.nonces, treq.key_name, treq.nonce, expires_at, "TokenRequest"):
+        valid_until = treq.timestamp + settings.window_ms
+        if not claim_nonce(state.nonces, treq.key_name, treq.nonce, valid_until, "TokenRequest"):
             raise NonceReplayed(
                 "Nonce value replayed: each TokenRequest can be exchanged once; "
                 "sign a new one (and never cache TokenRequests)"
@@ -562,14 +564,19 @@ def current_identity() -> Identity | None:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def claim_nonce(store: NonceStore, key_name: str, nonce: str, expires_at: int, what: str) -> bool:
+def claim_nonce(store: NonceStore, key_name: str, nonce: str, valid_until: int, what: str) -> bool:
     """Claim a nonce, failing closed: ``False`` when already claimed; any store failure
     is :class:`StoreUnavailable` (503, 50003) with the details in the log, not the answer.
 
-    The one path to the nonce store for TokenRequests and the key page's tickets.
+    ``valid_until`` is the last millisecond at which this host would accept the
+    request. The claim is kept :data:`NONCE_MARGIN_MS` longer: another host
+    sharing the store whose clock is behind by up to that margin still accepts
+    the request after this host's clock passed ``valid_until``, and must find
+    the claim. The one path to the nonce store for TokenRequests and the key
+    page's tickets.
     """
     try:
-        return store.claim(key_name, nonce, expires_at)
+        return store.claim(key_name, nonce, valid_until + NONCE_MARGIN_MS)
     except StoreUnavailable as exc:
         log.error("nonce store unavailable; refusing the %s: %s", what, exc.message)
         raise StoreUnavailable() from None
@@ -586,12 +593,6 @@ def request_fields() -> dict[str, str | None]:
         "remote_addr": request.remote_addr,
         "request_id": request.headers.get("X-Request-Id"),
     }
-
-
-def allow(req: Request, *methods: str) -> None:
-    """Refuse any other method with an Ably 405 (routes take :data:`ALL_METHODS`)."""
-    if req.method not in methods:
-        raise _WerkzeugMethodNotAllowed(valid_methods=[*methods, "OPTIONS"])
 
 
 def _read_body(req: Request, max_bytes: int) -> Any:

@@ -44,22 +44,34 @@ class InvalidTokenRequest(InvalidBody):
 # str- or int-based enum does) or override the checks below; bool is not an int.
 
 
-def _check_str(name: str, value: object) -> None:
-    if type(value) is not str:
-        raise InvalidTokenRequest(f"TokenRequest {name} must be a string")
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a signed text field (keyName, nonce, clientId, ...):
+    ``"must not be empty"``, ``"must not contain a line break"`` (the MAC's
+    separator) or ``"is not valid Unicode text"``; ``None`` when it can."""
     if not value:
-        raise InvalidTokenRequest(f"TokenRequest {name} must not be empty")
+        return "must not be empty"
     if "\n" in value or "\r" in value:
-        raise InvalidTokenRequest(f"TokenRequest {name} must not contain a line break")
-    _check_unicode(name, value)
+        return "must not contain a line break"
+    if not _is_unicode(value):
+        return "is not valid Unicode text"
+    return None
 
 
-def _check_unicode(name: str, value: str) -> None:
-    """Refuse lone surrogates: JSON can carry them, UTF-8 cannot (so no MAC covers them)."""
+def _is_unicode(value: str) -> bool:
+    """No lone surrogate: JSON can carry one, UTF-8 cannot (so no MAC covers it)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidTokenRequest(f"TokenRequest {name} is not valid Unicode text") from None
+        return False
+    return True
+
+
+def _check_str(name: str, value: object) -> None:
+    if type(value) is not str:
+        raise InvalidTokenRequest(f"TokenRequest {name} must be a string")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidTokenRequest(f"TokenRequest {name} {problem}")
 
 
 def _check_int(name: str, value: object) -> None:
@@ -87,7 +99,8 @@ def _validate(request: TokenRequest) -> None:
             raise InvalidTokenRequest(
                 "TokenRequest capability must be a string holding JSON, as it was signed"
             )
-        _check_unicode("capability", request.capability)
+        if not _is_unicode(request.capability):
+            raise InvalidTokenRequest("TokenRequest capability is not valid Unicode text")
     if request.client_id is not None:
         if request.client_id == "":
             raise InvalidClientId("clientId must not be an empty string; omit it instead")

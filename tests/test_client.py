@@ -7,6 +7,7 @@ each form ably-js accepts. Requests are counted at the server side.
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Iterator
@@ -215,6 +216,11 @@ def test_exchange_unknown_code_falls_back_to_base_class() -> None:
     def empty(name: str) -> Response:
         return Response("{}", status=200, mimetype="application/json")
 
+    @app.post("/superscript/keys/<name>/requestToken")
+    def superscript(name: str) -> Response:
+        # "²".isdigit() is true, but int("²") fails: not a code.
+        return Response("oops", status=500, headers={"X-Ably-ErrorCode": "\u00b2"})
+
     treq = sign_token_request(KEY)
     with serve_app(app) as url:
         with pytest.raises(TokenReqError) as info:
@@ -231,6 +237,9 @@ def test_exchange_unknown_code_falls_back_to_base_class() -> None:
         with pytest.raises(TokenReqError, match="TokenDetails") as info:
             exchange(treq, url + "/empty")
         assert info.value.status == 502
+        with pytest.raises(TokenReqError) as info:
+            exchange(treq, url + "/superscript")
+        assert (info.value.code, info.value.status) == (50000, 500)
 
 
 def test_exchange_unreachable_is_50003() -> None:
@@ -602,3 +611,7 @@ def test_jwt_times() -> None:
     assert jwt_times("not-a-jwt") == (None, None)
     assert jwt_times("a.b.c") == (None, None)
     assert jwt_times("a.bnVsbA.c") == (None, None)  # payload "null"
+    # Not a time to renew by: infinite, NaN or too large a number (JSON as Python reads it).
+    for claims in ('{"iat":1,"exp":1e999}', '{"iat":1,"exp":NaN}', '{"iat":1,"exp":1e307}'):
+        payload = base64.urlsafe_b64encode(claims.encode()).rstrip(b"=").decode()
+        assert jwt_times(f"a.{payload}.c") == (1000, None)

@@ -135,3 +135,41 @@ def test_error_response_still_works_with_a_deprecation_warning() -> None:
     assert response.status_code == 401
     assert response.headers["X-Ably-ErrorCode"] == "40105"
     assert json.loads(response.get_data())["error"]["code"] == 40105
+
+
+def test_an_answer_holding_a_lone_surrogate_is_written_escaped() -> None:
+    """JSON can carry a lone surrogate and UTF-8 cannot: the answer is written with
+    ``\\u`` escapes (same value for any JSON reader), never a 500 after the view ran."""
+    import msgpack
+
+    from flask_tokenreq.http import ably_response, json_response
+
+    app = Flask(__name__)
+
+    @app.get("/echo")
+    def echo() -> object:
+        return json_response({"target": "clientId:\ud800", "name": "caf\u00e9"})
+
+    @app.get("/refused")
+    def refused() -> str:
+        raise TokenReqError("No key named 'a\ud800' is known", code=40101, status=401)
+
+    @app.get("/ably")
+    def ably() -> object:
+        return ably_response({"target": "x\ud800"})
+
+    client = app.test_client()
+    response = client.get("/echo")
+    assert response.status_code == 200
+    assert response.get_data().isascii()
+    assert json.loads(response.get_data()) == {"target": "clientId:\ud800", "name": "caf\u00e9"}
+    error = client.get("/refused")
+    assert error.status_code == 401
+    assert json.loads(error.get_data())["error"]["message"] == "No key named 'a\ud800' is known"
+    assert error.headers["X-Ably-ErrorMessage"] == "No key named 'a?' is known"
+    assert json.loads(client.get("/ably").get_data()) == {"target": "x\ud800"}
+    packed = client.get("/ably", headers={"Accept": "application/x-msgpack"})
+    assert packed.status_code == 200
+    assert msgpack.unpackb(packed.get_data()) == {"target": "x\\ud800"}
+    # Text without one is still written as is (what ably-js writes).
+    assert json_response({"name": "caf\u00e9"}).get_data() == '{"name":"café"}'.encode()

@@ -292,6 +292,14 @@ def test_bad_json_body_is_400(alice: FlaskClient, raw: bytes) -> None:
     error_of(alice.post(TOKEN, data=raw, content_type="application/json"), 400, 40001)
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_another_method_is_an_ably_405(alice: FlaskClient, method: str) -> None:
+    response = alice.open(TOKEN, method=method)
+    error_of(response, 405, 40500)
+    assert response.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
 def test_unknown_format_is_400(alice: FlaskClient) -> None:
     error_of(alice.get(TOKEN, query_string={"format": "xml"}), 400, 40003)
 
@@ -321,6 +329,19 @@ def test_wildcard_user_may_choose_any_client_id(app: Flask) -> None:
     assert token_request_of(carol.get(TOKEN))["clientId"] == "*"
     query = {"clientId": "visitor-7"}
     assert token_request_of(carol.get(TOKEN, query_string=query))["clientId"] == "visitor-7"
+
+
+@pytest.mark.parametrize("fmt", ["tokenrequest", "jwt"])
+@pytest.mark.parametrize("wanted", ["a\nb", "a\rb", "a\ud800"])
+def test_a_client_id_no_token_may_carry_is_40012_in_every_format(
+    app: Flask, fmt: str, wanted: str
+) -> None:
+    """Even a user who may choose any clientId gets 400 for one that no signed field
+    may hold (a line break, a lone surrogate), in a JWT as in a TokenRequest."""
+    carol = client_for(app, "carol")
+    body = json.dumps({"clientId": wanted, "format": fmt})
+    error = error_of(carol.post(TOKEN, data=body, content_type="application/json"), 400, 40012)
+    assert str(error["message"]).startswith("clientId ")
 
 
 def test_no_client_id_user_cannot_pick_one(app: Flask) -> None:

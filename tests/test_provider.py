@@ -303,7 +303,7 @@ def test_store_is_only_reached_after_every_other_check(clock: FakeClock) -> None
     assert store.claims == []
     treq = sign(clock)
     assert post(client, treq).status_code == 200
-    assert store.claims == [(KEY_NAME, treq.nonce, treq.timestamp + 120_000 + 1000)]
+    assert store.claims == [(KEY_NAME, treq.nonce, treq.timestamp + 120_000 + 60_000)]
 
 
 @pytest.mark.parametrize("offset", [-120_001, 120_001, -3_600_000, 3_600_000])
@@ -535,6 +535,34 @@ def test_store_failure_is_503_50003(clock: FakeClock, exc: Exception) -> None:
     treq = sign(clock)
     for _ in range(2):
         assert_error(post(client, treq), 503, 50003)
+
+
+@pytest.mark.parametrize("skew", [30_000, 59_000])
+def test_a_host_whose_clock_is_behind_refuses_a_replay_after_the_other_purged(
+    tmp_path: Path, skew: int
+) -> None:
+    """Two hosts share a SQL nonce store; host A's clock runs ``skew`` ms ahead of B's.
+
+    Each purges expired claims on its own clock. B accepts a TokenRequest until
+    its clock reaches ``timestamp + window``; A must not have purged the claim by then.
+    """
+    url = f"sqlite:///{tmp_path / 'nonces.sqlite3'}"
+    clock_b = FakeClock()
+    clock_a = FakeClock(clock_b() + skew)
+    store_a = open_nonce_store(url, now_ms=clock_a)
+    store_b = open_nonce_store(url, now_ms=clock_b)
+    try:
+        host_a = make_app(clock_a, nonces=store_a)[0].test_client()
+        host_b = make_app(clock_b, nonces=store_b)[0].test_client()
+        treq = sign(clock_b)
+        assert post(host_a, treq).status_code == 200
+        clock_a.advance(120_000)  # B's last millisecond inside the window
+        clock_b.advance(120_000)
+        store_a.purge()  # A's periodic purge, on A's clock
+        assert_error(post(host_b, treq), 401, 40105)
+    finally:
+        store_a.close()
+        store_b.close()
 
 
 @pytest.mark.parametrize(

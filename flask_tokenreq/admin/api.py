@@ -27,8 +27,7 @@ from ..errors import (
     NotFound,
     UnsupportedMediaType,
 )
-from ..http import JSON, json_response, parse_json, read_body
-from ..provider import ALL_METHODS, allow
+from ..http import ALL_METHODS, JSON, allow, json_response, parse_json, read_body
 from . import session as sessions
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 from flask import Blueprint, render_template, request
 from flask.typing import ResponseReturnValue
 
-from ..http import json_response
-from ..provider import ALL_METHODS, allow
+from ..http import ALL_METHODS, allow, json_response
 from . import session as sessions
 from . import tickets
 
