@@ -25,8 +25,11 @@ A row never holds a secret, a MAC, a token or a ticket. :func:`sanitize`
 enforces it on every field: a value that looks like a ``tkr_`` secret, a JWT
 (or another dotted token), or a base64 HMAC-SHA256, and any detail entry
 named like a secret (``secret``, ``mac``, ``token``, ``ticket``, ...), is
-replaced by ``"[redacted]"``. Values come partly from clients (a clientId of
-a refused exchange), so redaction, not an error, is the rule.
+replaced by ``"[redacted]"``; so is everything after the first ``:`` of a key
+name (a full key sent as a key name), there and where the detail quotes it.
+Values come partly from clients (a clientId of a refused exchange), so
+redaction, not an error, is the rule; for the same reason every string is
+made storable on every database (NUL and lone surrogates escaped).
 """
 
 from __future__ import annotations
@@ -126,12 +129,28 @@ class _Cleaner:
 
     def __init__(self) -> None:
         self.redacted = False
+        #: Full keys sent as a key name, as text may quote them, and what they become.
+        self._keys: list[tuple[str, str]] = []
+
+    def key_name(self, value: str, limit: int) -> str:
+        """A key name with everything after its first ``:`` redacted (a real key name has
+        no ``:``, a full key ``appId.keyId:secret`` does); later text quoting it too."""
+        name, _, rest = value.partition(":")
+        if rest and rest != REDACTED:  # an already redacted name is left as it is
+            self.redacted = True
+            # As sent, and as an error message's {key_name!r} quotes it.
+            for full in dict.fromkeys((value, repr(value)[1:-1])):
+                self._keys.append((full, f"{full.partition(':')[0]}:{REDACTED}"))
+            value = f"{name}:{REDACTED}"
+        return self.text(value, limit)
 
     def text(self, value: str, limit: int) -> str:
+        for full, redacted in self._keys:
+            value = value.replace(full, redacted)
         if _SECRET_LIKE.search(value):
             self.redacted = True
             return REDACTED
-        return value[:limit]
+        return _make_storable(value)[:limit]
 
     def detail(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, str):
@@ -143,7 +162,7 @@ class _Cleaner:
         if depth < 4 and isinstance(value, Mapping):
             out = {}
             for k, v in list(value.items())[:100]:
-                name = str(k)[:100]
+                name = _make_storable(str(k))[:100]
                 if _secret_name(name):
                     self.redacted = True
                     out[name] = REDACTED
@@ -157,6 +176,17 @@ class _Cleaner:
         return REDACTED
 
 
+def _make_storable(text: str) -> str:
+    """``text`` as every database can store it: NUL (refused by PostgreSQL) as ``\\x00``,
+    a lone surrogate (not UTF-8) as ``\\ud800``. Clients choose some values, and a row
+    that cannot be stored would take its whole batch with it."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _secret_name(name: str) -> bool:
     """Whether a detail entry's name says it holds a secret (``secret``, ``accessToken``, ...)."""
     lowered = name.lower()
@@ -166,10 +196,11 @@ def _secret_name(name: str) -> bool:
 def _clean(event: str, fields: dict[str, Any]) -> dict[str, Any]:
     """``fields`` of an audit event with secret-looking values redacted, long ones cut."""
     cleaner = _Cleaner()
-    for name, limit in _LIMITS.items():
+    for name, limit in _LIMITS.items():  # key_name first: the others may quote it
         value = fields.get(name)
         if value is not None:
-            fields[name] = cleaner.text(str(value), limit)
+            clean = cleaner.key_name if name == "key_name" else cleaner.text
+            fields[name] = clean(str(value), limit)
     detail = fields.get("detail")
     if detail is not None:
         detail = cleaner.detail(dict(detail))
@@ -529,18 +560,43 @@ class AuditLog:
             self._tables = True
 
     def _write_batch(self, batch: list[AuditEvent]) -> None:
+        """Write ``batch`` in one transaction; when the database refuses a row (a data
+        error, not a failing database), write the rows one by one, so one bad row does
+        not drop the others. Rows not written are counted in :attr:`dropped` and logged."""
         try:
-            self._ensure_tables()
-            with self.db.write() as conn:
-                conn.execute(models.audit.insert(), [ev._row() for ev in batch])
+            self._insert(batch)
         except Exception as exc:
-            with self._lock:
-                self.dropped += len(batch)
-            logger.warning(
-                "audit log %s: %d event(s) not written: %s", self.db.url, len(batch), describe(exc)
-            )
-            return
+            if len(batch) == 1 or not _row_error(exc):
+                self._drop(len(batch), exc)
+                return
+            if not self._write_rows(batch):
+                return
         self._maybe_purge()
+
+    def _write_rows(self, batch: list[AuditEvent]) -> bool:
+        """Write each row of ``batch`` in a transaction of its own; ``False`` (the rest
+        dropped) once the database itself fails."""
+        for i, ev in enumerate(batch):
+            try:
+                self._insert([ev])
+            except Exception as exc:
+                if not _row_error(exc):
+                    self._drop(len(batch) - i, exc)
+                    return False
+                self._drop(1, exc)
+        return True
+
+    def _insert(self, batch: list[AuditEvent]) -> None:
+        self._ensure_tables()
+        with self.db.write() as conn:
+            conn.execute(models.audit.insert(), [ev._row() for ev in batch])
+
+    def _drop(self, count: int, exc: Exception) -> None:
+        with self._lock:
+            self.dropped += count
+        logger.warning(
+            "audit log %s: %d event(s) not written: %s", self.db.url, count, describe(exc)
+        )
 
     def _maybe_purge(self) -> None:
         if self.retention_days is None:
@@ -562,6 +618,12 @@ class AuditLog:
             self._wake.set()
             thread.join(timeout)
         self._thread = None
+
+
+def _row_error(exc: Exception) -> bool:
+    """Whether ``exc`` is the database refusing a value (a data or integrity error, a
+    string the driver cannot encode, a number out of range), not the database failing."""
+    return isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError, ValueError, OverflowError))
 
 
 def _check_days(days: object) -> None:

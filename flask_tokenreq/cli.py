@@ -12,7 +12,9 @@ Commands work on the keys of the app's :class:`~flask_tokenreq.TokenProvider`
 (an unknown key, a bad duration, a capability that is not JSON, a change to
 a static key, ...) prints one line on stderr and exits with status 1,
 changing nothing. No output shows a secret except the full key that ``keys
-create`` and ``keys rotate`` print once.
+create`` and ``keys rotate`` print once. Text output (without ``--json``)
+escapes control characters: some values (a clientId, a key name in a URL)
+come from clients.
 
 Durations are a whole number and a unit: ``500ms``, ``90s``, ``15m``, ``1h``,
 ``30d`` (``0`` for no grace period).
@@ -58,6 +60,8 @@ _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"(\d{1,12})(ms|s|m|h|d)")
 #: Longest duration accepted (100 years): anything longer is a typo.
 _MAX_DURATION_MS = 100 * 365 * 86_400_000
+#: What text output escapes: C0 controls, DEL and C1 controls (Unicode category Cc).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,6 +113,20 @@ def _json_option(fn: F) -> F:
 
 def _print_json(document: Any) -> None:
     click.echo(json.dumps(document, ensure_ascii=False))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (C0, DEL, C1; tab and newline too) as ``\\x1b``.
+
+    Output shows values clients chose (a clientId, a key name in a URL): an escape
+    sequence must not reach the operator's terminal, nor a newline forge a line.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _echo(line: str) -> None:
+    """Print one line of text output (not ``--json``), control characters escaped."""
+    click.echo(_printable(line))
 
 
 # -- what the commands work on ---------------------------------------------------------
@@ -172,24 +190,32 @@ def _capability(text: str | None) -> Any:
 
 
 def _time(ms: int | None) -> str:
+    """``ms`` as an ISO 8601 UTC time; as the number itself when no date can show it
+    (past the year 9999: a static key's ``expires`` is any integer)."""
     if ms is None:
         return "-"
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms"
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _print_keys(documents: Iterable[dict[str, Any]]) -> None:
     rows = [
-        (d["keyName"], d["status"], d["source"], d["name"] or "-", _time(d["expires"]))
+        tuple(
+            _printable(str(v))  # escaped before the widths are measured
+            for v in (d["keyName"], d["status"], d["source"], d["name"] or "-", _time(d["expires"]))
+        )
         for d in documents
     ]
     if not rows:
-        click.echo("No keys.")
+        _echo("No keys.")
         return
     header = ("KEY NAME", "STATUS", "SOURCE", "NAME", "EXPIRES")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        _echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 # -- the commands ----------------------------------------------------------------------
@@ -231,8 +257,8 @@ def keys_create(name: str, capability: str | None, expires: str | None, as_json:
             }
         )
         return
-    click.echo(f"Created key {key.key_name} ({key.name}).")
-    click.echo(f"Key (shown this once, store it now): {full}")
+    _echo(f"Created key {key.key_name} ({key.name}).")
+    _echo(f"Key (shown this once, store it now): {full}")
 
 
 @keys_group.command("list")
@@ -264,12 +290,12 @@ def keys_get(key_name: str, as_json: bool) -> None:
         _print_json(document)
         return
     for field in ("keyName", "name", "display", "status", "source"):
-        click.echo(f"{field}: {document[field] if document[field] is not None else '-'}")
-    click.echo(f"capability: {json.dumps(document['capability'], ensure_ascii=False)}")
+        _echo(f"{field}: {document[field] if document[field] is not None else '-'}")
+    _echo(f"capability: {json.dumps(document['capability'], ensure_ascii=False)}")
     for field in ("created", "expires", "revoked", "lastUsed"):
-        click.echo(f"{field}: {_time(document[field])}")
+        _echo(f"{field}: {_time(document[field])}")
     if document["revokedReason"]:
-        click.echo(f"revokedReason: {document['revokedReason']}")
+        _echo(f"revokedReason: {document['revokedReason']}")
 
 
 @keys_group.command("rotate")
@@ -286,8 +312,8 @@ def keys_rotate(key_name: str, grace: str, as_json: bool) -> None:
         _print_json({"keyName": key_name, "key": full, "grace": grace_ms, "graceUntil": until})
         return
     old = f"the old secret works until {_time(until)}" if until else "the old secret is refused"
-    click.echo(f"Rotated key {key_name}: {old}.")
-    click.echo(f"Key (shown this once, store it now): {full}")
+    _echo(f"Rotated key {key_name}: {old}.")
+    _echo(f"Key (shown this once, store it now): {full}")
 
 
 @keys_group.command("revoke")
@@ -301,7 +327,7 @@ def keys_revoke(key_name: str, reason: str, as_json: bool) -> None:
     if as_json:
         _print_json({**info.to_dict(_now()), "source": "database"})
         return
-    click.echo(f"Revoked key {key_name}: its exchanges get 40131 and its tokens 40141.")
+    _echo(f"Revoked key {key_name}: its exchanges get 40131 and its tokens 40141.")
 
 
 @keys_group.command("reencrypt")
@@ -312,7 +338,7 @@ def keys_reencrypt(as_json: bool) -> None:
     if as_json:
         _print_json({"reencrypted": count})
     else:
-        click.echo(f"Re-encrypted {count} secret(s) under the newest encryption key.")
+        _echo(f"Re-encrypted {count} secret(s) under the newest encryption key.")
 
 
 @cli.group("tokens", cls=_Group)
@@ -352,7 +378,7 @@ def tokens_revoke(
         _print_json(result)
         return
     for entry in result["results"]:
-        click.echo(
+        _echo(
             f"Revoked tokens of {key_name} for {entry['target']} issued before "
             f"{_time(entry['issuedBefore'])} (from {_time(entry['appliesAt'])})."
         )
@@ -391,7 +417,7 @@ def audit_command(
         if as_json:
             _print_json({"purged": count, "retentionDays": audit.retention_days})
         else:
-            click.echo(f"Purged {count} audit event(s) older than {audit.retention_days} days.")
+            _echo(f"Purged {count} audit event(s) older than {audit.retention_days} days.")
         return
     events = audit.query(
         since_ms=None if since_ms is None else _now() - since_ms,
@@ -403,12 +429,12 @@ def audit_command(
         _print_json([e.to_dict() for e in events])
         return
     if not events:
-        click.echo("No audit events.")
+        _echo("No audit events.")
     for e in events:
         fields = [_time(e.at), e.event, e.key_name or "-", e.client_id or "-", e.actor or "-"]
         if e.code is not None:
             fields.append(str(e.code))
-        click.echo("  ".join(fields))
+        _echo("  ".join(fields))
 
 
 @cli.group("nonces", cls=_Group)
@@ -428,7 +454,7 @@ def nonces_purge(as_json: bool) -> None:
     if as_json:
         _print_json({"purged": count})
     else:
-        click.echo(f"Purged {count} expired nonce claim(s).")
+        _echo(f"Purged {count} expired nonce claim(s).")
 
 
 @cli.group("db", cls=_Group)
@@ -456,7 +482,7 @@ def db_init(as_json: bool) -> None:
     if as_json:
         _print_json({"database": url, "tables": tables, "schemaVersion": models.SCHEMA_VERSION})
     else:
-        click.echo(f"Tables ready in {url}: {', '.join(tables)}.")
+        _echo(f"Tables ready in {url}: {', '.join(tables)}.")
 
 
 @cli.command("ticket")
@@ -492,4 +518,4 @@ def ticket_command(actor: str, scopes: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         _print_json({"url": url, "actor": actor, "scopes": list(granted)})
     else:
-        click.echo(url)
+        _echo(url)

@@ -310,6 +310,47 @@ def test_submitted_events_are_dropped_and_counted_when_the_database_is_down(
     log.close()
 
 
+def test_values_no_database_can_store_are_escaped_not_dropped(
+    log: AuditLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NUL (PostgreSQL refuses it) or a lone surrogate (not UTF-8) from a client must
+    not make the batch it shares with everyone else's events fail."""
+    log.submit("token.refused", key_name="app.a", client_id="alice")
+    log.submit(
+        "token.refused",
+        key_name="app.\x00b\ud800",
+        client_id="mallory\x00\udc00",
+        detail={"reason": "nul \x00 here", "k\x00": ["\ud800"]},
+    )
+    log.submit("token.refused", key_name="app.c", client_id="carol")
+    assert log.flush()
+    assert log.dropped == 0
+    assert "not written" not in caplog.text
+    rows = all_rows(log)
+    assert [(r["key_name"], r["client_id"]) for r in rows] == [
+        ("app.a", "alice"),
+        ("app.\\x00b\\ud800", "mallory\\x00\\udc00"),
+        ("app.c", "carol"),
+    ]
+    assert rows[1]["detail"] == {"reason": "nul \\x00 here", "k\\x00": ["\\ud800"]}
+    log.record("token.refused", client_id="durable\x00")  # a write of its own too
+    assert all_rows(log)[-1]["client_id"] == "durable\\x00"
+
+
+def test_a_row_the_database_refuses_does_not_drop_its_batch(
+    log: AuditLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defence in depth: a data error in a batch writes its rows one by one."""
+    log.LINGER_S = 3600.0  # one batch: only the flush ends the linger
+    log.submit("token.refused", client_id="alice")
+    log.submit("token.refused", client_id="mallory", code=2**70)  # out of any integer column
+    log.submit("token.refused", client_id="carol")
+    assert log.flush(timeout=30)
+    assert [r["client_id"] for r in all_rows(log)] == ["alice", "carol"]
+    assert log.dropped == 1
+    assert "1 event(s) not written" in caplog.text
+
+
 def test_a_shared_database_object_is_used_as_is(tmp_path: Path, clock: FakeClock) -> None:
     db = Database(f"sqlite:///{tmp_path / 'a.sqlite3'}", name="audit log")
     log = AuditLog(db, now_ms=clock)
@@ -356,6 +397,30 @@ def test_secret_looking_values_are_redacted_everywhere(
     for value in (secret, JWT, MAC, TICKET):
         assert value not in text
     assert "redacted a secret-looking value" in caplog.text
+
+
+def test_a_full_key_sent_as_a_key_name_is_redacted_where_it_is_quoted(
+    log: AuditLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real key name has no ``:``; a static key's secret looks like nothing in particular."""
+    full = "app.key1:plain-static-secret\x01"
+    log.record(
+        "token.refused",
+        key_name=full,
+        client_id=full,
+        detail={"reason": f"No key named {full!r} is known", "other": "app.key2:kept"},
+    )
+    log.record("token.refused", key_name="app.key3:")  # nothing after the ':'
+    first, second = all_rows(log)
+    assert first["key_name"] == f"app.key1:{REDACTED}"
+    assert first["client_id"] == f"app.key1:{REDACTED}"
+    assert first["detail"] == {
+        "reason": f"No key named 'app.key1:{REDACTED}' is known",
+        "other": "app.key2:kept",
+    }
+    assert second["key_name"] == "app.key3:"
+    assert "plain-static-secret" not in json.dumps(first) + caplog.text
+    assert caplog.text.count("redacted a secret-looking value") == 1
 
 
 def test_long_values_are_cut_to_their_column(log: AuditLog) -> None:

@@ -13,6 +13,7 @@ create`` and ``keys rotate`` print once.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -314,6 +315,56 @@ def test_managed_keys_off_is_a_clear_mistake(tmp_path: Path) -> None:
         }
     ]
     assert "no audit log" in cli("audit").err
+
+
+# -- text output: what clients chose reaches no terminal raw -----------------------------
+
+
+#: Any control character (C0, DEL, C1) but the newline that ends each line.
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def test_text_output_escapes_control_characters(cli: Cli) -> None:
+    """A refused exchange's key name (the URL) and clientId (the body) are a client's choice:
+    the text output shows their escape sequences, a terminal never gets them."""
+    key_name = cli("keys", "create", "--name", "CI Key", "--json").json()["keyName"]
+    app = cli.provider()
+    client_id = "\x1b[2J\x1b[1;31mFAKE: all keys revoked\x1b[0m\x9b"
+    body = {"keyName": "app.k\x1b[8m", "timestamp": 0, "nonce": "n" * 20, "mac": "x" * 44}
+    refused = app.test_client().post(
+        "/keys/app.k%1B%5B8m/requestToken", json={**body, "clientId": client_id}
+    )
+    assert refused.status_code == 401
+    with app.app_context():
+        assert app.extensions["tokenreq_provider"].audit.flush()
+    app.extensions["tokenreq_provider"].close()
+    reason = "leaked\x1b[8m\r\n\tforged line"
+    assert cli("keys", "revoke", key_name, "--reason", reason).code == 0
+
+    audit, got = cli("audit"), cli("keys", "get", key_name)
+    for run in (audit, got):
+        assert run.code == 0, run.err
+        assert not CONTROL.search(run.out), run.out
+    [line] = [line for line in audit.out.splitlines() if "token.refused" in line]
+    assert "app.k\\x1b[8m" in line
+    assert "\\x1b[2J\\x1b[1;31mFAKE: all keys revoked\\x1b[0m\\x9b" in line
+    assert "revokedReason: leaked\\x1b[8m\\x0d\\x0a\\x09forged line" in got.out.splitlines()
+    # --json shows the values themselves, JSON-escaped.
+    events = cli("audit", "--event", "token.refused", "--json").json()
+    assert [(e["key_name"], e["client_id"]) for e in events] == [("app.k\x1b[8m", client_id)]
+
+
+def test_a_time_past_the_year_9999_is_shown_in_milliseconds(cli: Cli) -> None:
+    """A static key's ``expires`` is any integer; no date can show 10**15 ms."""
+    expires = 10**15
+    cli.env["TOKENREQ_PROVIDER_KEYS"] = json.dumps([{"key": KEY, "expires": expires}])
+    listed, got = cli("keys", "list"), cli("keys", "get", KEY_NAME)
+    for run in (listed, got):
+        assert run.code == 0, run.err
+        assert "Traceback" not in run.err
+    assert f"{expires} ms" in listed.out
+    assert f"expires: {expires} ms" in got.out.splitlines()
+    assert cli("keys", "get", KEY_NAME, "--json").json()["expires"] == expires
 
 
 # -- encryption-key rotation, tables, retention, nonces ----------------------------------

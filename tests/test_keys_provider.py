@@ -634,6 +634,21 @@ def test_static_keys_with_a_database_url_audit_their_exchanges(
     provider.close()
 
 
+def test_a_full_key_sent_as_the_key_name_is_audited_without_its_secret(
+    make_worker: MakeWorker, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``POST /keys/appId.keyId:secret/requestToken``: a static secret matches no secret
+    pattern, but a key name never holds a ``:``."""
+    worker = make_worker(TOKENREQ_PROVIDER_KEYS=[KEY])
+    body = {"keyName": KEY, "timestamp": clock(), "nonce": "n" * 20, "mac": "x" * 44}
+    response = worker.client.post(f"/keys/{KEY}/requestToken", json=body)
+    error_of(response, 401, 40101)
+    [row] = [r for r in audit_rows(worker) if r["event"] == "token.refused"]
+    assert row["key_name"] == f"{KEY_NAME}:[redacted]"
+    assert row["detail"] == {"reason": f"No key named '{KEY_NAME}:[redacted]' is known"}
+    assert SECRET not in json.dumps(audit_rows(worker)) + caplog.text
+
+
 # -- failing closed ----------------------------------------------------------------------
 
 
