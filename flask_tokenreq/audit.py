@@ -268,6 +268,11 @@ class AuditTransaction:
         self.events.append(ev)
         return ev
 
+    def emit(self) -> None:
+        """Send the signals of the rows written, in order (after the commit)."""
+        for ev in self.events:
+            self.log.emit(ev)
+
 
 _SENTINEL = object()
 
@@ -370,17 +375,19 @@ class AuditLog:
         audit_event.send(self._signal_sender(), event=ev)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[AuditTransaction]:
+    def transaction(self, *, emit: bool = True) -> Iterator[AuditTransaction]:
         """A write transaction for a change and its audit rows; signals after the commit.
 
+        ``emit=False`` leaves the signals to the caller (:meth:`AuditTransaction.emit`),
+        which can then send them once it has released what it holds around the
+        transaction: a receiver may make a change of its own.
         Database failures become :class:`~flask_tokenreq.errors.StoreUnavailable`.
         """
-        tx: AuditTransaction | None = None
         with self.db.write() as conn:
             tx = AuditTransaction(self, conn)
             yield tx
-        for ev in tx.events:
-            self.emit(ev)
+        if emit:
+            tx.emit()
 
     def record(self, event: str, **fields: Any) -> AuditEvent:
         """Write one event in its own transaction (durable on return), then signal it."""

@@ -538,6 +538,7 @@ def test_revoke_tokens_needs_the_key_it_names(worker: Worker) -> None:
         ([], 40001),
         ({}, 40003),
         ({"targets": "clientId:a"}, 40003),
+        ({"targets": {"clientId:a": 1}}, 40003),  # an object: list() would take its keys
         ({"targets": []}, 40003),
         ({"targets": [f"clientId:{i}" for i in range(101)]}, 40003),
         ({"targets": ["clientId:a"], "issuedBefore": "now"}, 40003),
@@ -557,6 +558,34 @@ def test_revoke_tokens_refuses_bad_bodies(worker: Worker, body: Any, code: int) 
     error_of(response, 400, code)
     with worker.store.database.engine.connect() as conn:
         assert conn.execute(sa.select(models.token_revocations)).first() is None
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/x-msgpack"])
+def test_revoke_tokens_answers_unstorable_targets_with_their_own_error(
+    worker: Worker, clock: FakeClock, accept: str
+) -> None:
+    """A lone surrogate or a NUL gets an error entry whose target can be rendered;
+    the valid targets of the same call apply."""
+    _, full = worker.store.create("k")
+    token = worker.token(full, client_id="alice")
+    clock.advance(1)
+    body = {"targets": ["clientId:\ud800", "clientId:a\x00b", "clientId:alice"]}
+    response = worker.revoke_tokens(full, body, Accept=accept)
+    assert response.status_code == 200
+    result = (
+        response.get_json()
+        if accept == "application/json"
+        else msgpack.unpackb(response.get_data())
+    )
+    assert (result["successCount"], result["failureCount"]) == (1, 2)
+    bad_surrogate, bad_nul, ok = result["results"]
+    assert bad_surrogate["target"] == "clientId:\\ud800"  # escaped, so it can be encoded
+    assert bad_nul["target"] == "clientId:a\x00b"
+    for entry in (bad_surrogate, bad_nul):
+        assert entry["error"]["code"] == 40003
+        assert "Unicode" in entry["error"]["message"]
+    assert ok == {"target": "clientId:alice", "issuedBefore": clock(), "appliesAt": clock()}
+    error_of(worker.get(bearer(token)), 401, 40141)
 
 
 # -- the audit log of exchanges ----------------------------------------------------------

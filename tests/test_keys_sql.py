@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from flask_tokenreq import models
+from flask_tokenreq.audit import AuditEvent
 from flask_tokenreq.errors import (
     ConfigError,
     Conflict,
@@ -33,9 +34,11 @@ from flask_tokenreq.errors import (
     StoreUnavailable,
 )
 from flask_tokenreq.keys import ApiKey, KeyStore, changes, parse_key
+from flask_tokenreq.keys.base import MAX_EXPIRES_MS
 from flask_tokenreq.keys.changes import ChangeCounter
 from flask_tokenreq.keys.secret import PREFIX, check_secret_format, hint
 from flask_tokenreq.keys.sql import REAUTH_MARGIN_MS, REVOCATION_KEEP_MS, SqlKeyStore
+from flask_tokenreq.signals import audit_event
 from tests.conftest import DATABASE_URL, FakeClock
 from tests.dbs import FERNET_1, FERNET_2, FERNET_OTHER, TcpProxy, db_url, pg_schema
 
@@ -148,6 +151,9 @@ def test_app_id_is_configurable(make_store: MakeStore, store: SqlKeyStore) -> No
         ({"name": "k", "capability": {}}, InvalidParameter),
         ({"name": "k", "expires_ms": 1}, InvalidParameter),
         ({"name": "k", "expires_ms": True}, InvalidParameter),
+        # Past the year 9999, or past a 64-bit integer: a 400, never a database error.
+        ({"name": "k", "expires_ms": MAX_EXPIRES_MS + 1}, InvalidParameter),
+        ({"name": "k", "expires_ms": 2**63}, InvalidParameter),
         ({"name": "k", "actor": 5}, InvalidParameter),
     ],
 )
@@ -159,6 +165,17 @@ def test_create_refuses_bad_input_and_writes_nothing(
     assert getattr(info.value, "status", 400) == 400
     assert store.list("all") == []
     assert audit_events(store) == []
+
+
+def test_the_latest_expires_is_the_end_of_the_year_9999(
+    store: SqlKeyStore, worker2: SqlKeyStore
+) -> None:
+    key, _ = store.create("k", expires_ms=MAX_EXPIRES_MS)
+    info = worker2.describe(key.key_name)
+    assert info is not None
+    assert info.expires_ms == MAX_EXPIRES_MS
+    with pytest.raises(InvalidParameter, match="253402300799999"):
+        store.create("k", expires_ms=MAX_EXPIRES_MS + 1)
 
 
 # -- rotate (Wacht: "rotate returns new secret and old secret is rejected") --------------
@@ -233,7 +250,7 @@ def test_expired_grace_secrets_are_deleted_at_the_next_rotation(
     assert len(rows(store, models.key_secrets)) == 2
 
 
-@pytest.mark.parametrize("grace", [-1, 31 * 86_400_000, 1.5, "60s", True])
+@pytest.mark.parametrize("grace", [-1, 31 * 86_400_000, 2**63, 1.5, "60s", True])
 def test_rotate_refuses_a_bad_grace(store: SqlKeyStore, grace: Any) -> None:
     key, _ = store.create("k")
     with pytest.raises(InvalidParameter):
@@ -403,8 +420,10 @@ def test_issued_before_and_the_reauth_margin(
     [
         ([], {}),
         ("clientId:alice", {}),
+        ({"clientId:a": 1}, {}),  # a JSON object, not an array
         (["clientId:a"] * 101, {}),
         (["clientId:a"], {"issued_before": "now"}),
+        (["clientId:a"], {"issued_before": 2**63}),
         (["clientId:a"], {"allow_reauth_margin": "yes"}),
     ],
 )
@@ -442,6 +461,9 @@ def test_old_revocations_are_purged(store: SqlKeyStore, clock: FakeClock) -> Non
     clock.advance(REVOCATION_KEEP_MS)
     assert store.purge_revocations() == 1
     assert [r["value"] for r in rows(store, models.token_revocations)] == ["b"]
+    for keep in (-1, 2**63):
+        with pytest.raises(InvalidParameter):
+            store.purge_revocations(keep)
 
 
 def test_revoke_tokens_drops_revocations_that_can_no_longer_match(
@@ -804,6 +826,34 @@ def test_audit_rows_name_the_change(store: SqlKeyStore, clock: FakeClock) -> Non
     assert events[0].detail == {"reason": "leaked"}
     assert events[1].detail == {"grace": 5000, "graceUntil": clock() + 5000}
     assert all(e.at == clock() for e in events)
+
+
+def test_an_audit_signal_receiver_can_change_keys(store: SqlKeyStore, worker2: SqlKeyStore) -> None:
+    """The signals go out once the change is committed and the change counter
+    (SQLite) released: a receiver's own key change does not deadlock."""
+    one, _ = store.create("one")
+    two, _ = store.create("two")
+    seen: list[str] = []
+
+    def revoke_sibling(sender: Any, event: AuditEvent, **extra: Any) -> None:
+        if event.key_name in (one.key_name, two.key_name):
+            seen.append(event.event)
+        if event.event == "key.revoked" and event.key_name == one.key_name:
+            store.revoke(two.key_name, "sibling of a revoked key")
+
+    audit_event.connect(revoke_sibling)
+    try:
+        change = threading.Thread(target=store.revoke, args=(one.key_name, "leaked"), daemon=True)
+        change.start()
+        change.join(10)
+        assert not change.is_alive(), "a key change from an audit_event receiver hung"
+    finally:
+        audit_event.disconnect(revoke_sibling)
+    assert seen == ["key.revoked", "key.revoked"]
+    two_info = worker2.describe(two.key_name)
+    assert two_info is not None
+    assert two_info.status == "revoked"
+    worker2.create("three")  # nothing is left holding the change lock
 
 
 def test_audit_off_writes_no_rows_but_changes_still_happen(make_store: MakeStore) -> None:

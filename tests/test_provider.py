@@ -24,6 +24,7 @@ from werkzeug.test import TestResponse
 from flask_tokenreq import Capability, TokenRequest, sign_token_request
 from flask_tokenreq.errors import ConfigError, StoreUnavailable
 from flask_tokenreq.keys import ApiKey, StaticKeyStore
+from flask_tokenreq.keys.base import MAX_EXPIRES_MS
 from flask_tokenreq.provider import CORS_HEADERS, TokenProvider
 from flask_tokenreq.stores import MemoryNonceStore, open_nonce_store
 from flask_tokenreq.tokenrequest import compute_mac
@@ -262,6 +263,16 @@ def test_revoked_key_is_40131_before_mac(clock: FakeClock) -> None:
 def test_expired_key_is_40132(clock: FakeClock) -> None:
     app, _ = make_app(clock, TOKENREQ_PROVIDER_KEYS=[{"key": KEY, "expires": clock() - 1}])
     assert_error(post(app.test_client(), sign(clock)), 401, 40132)
+
+
+def test_the_longest_static_key_name_and_latest_expires_work(clock: FakeClock) -> None:
+    """The limits checked at init_app are those of the exchange (no 503 within them)."""
+    key = f"a.{'k' * 253}:{SECRET}"
+    app, _ = make_app(clock, TOKENREQ_PROVIDER_KEYS=[{"key": key, "expires": MAX_EXPIRES_MS}])
+    treq = sign(clock, key)
+    assert (
+        post(app.test_client(), treq, path=f"/keys/{treq.key_name}/requestToken").status_code == 200
+    )
 
 
 def test_bad_mac_leaves_no_nonce_behind(client: FlaskClient, clock: FakeClock) -> None:
@@ -723,6 +734,16 @@ def _init(clock: FakeClock, **config: Any) -> None:
     [
         ({"TOKENREQ_PROVIDER_KEYS": KEY}, "TOKENREQ_PROVIDER_KEYS"),
         ({"TOKENREQ_PROVIDER_KEYS": ["no-colon"]}, "TOKENREQ_PROVIDER_KEYS[0]"),
+        # Longer than the nonce stores' key names: every exchange would be a 503.
+        ({"TOKENREQ_PROVIDER_KEYS": [f"a.{'k' * 254}:{SECRET}"]}, "TOKENREQ_PROVIDER_KEYS[0]"),
+        (
+            {"TOKENREQ_PROVIDER_KEYS": [{"key": KEY, "expires": 2**63}]},
+            "TOKENREQ_PROVIDER_KEYS[0].expires",
+        ),
+        (
+            {"TOKENREQ_PROVIDER_KEYS": [{"key": KEY, "expires": MAX_EXPIRES_MS + 1}]},
+            "TOKENREQ_PROVIDER_KEYS[0].expires",
+        ),
         ({"TOKENREQ_TIMESTAMP_WINDOW": "two minutes"}, "TOKENREQ_TIMESTAMP_WINDOW"),
         ({"TOKENREQ_TIMESTAMP_WINDOW": 1.5}, "TOKENREQ_TIMESTAMP_WINDOW"),
         ({"TOKENREQ_TIMESTAMP_WINDOW": 0}, "TOKENREQ_TIMESTAMP_WINDOW"),

@@ -13,6 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from ..capability import Capability
 from ..errors import ConfigError, InvalidParameter, KeyExpired, KeyRevoked
+from ..stores.base import MAX_KEY_NAME_LENGTH
 
 KeyStatus = Literal["active", "revoked"]
 #: What a key listing can select: usable now, revoked, past ``expires`` (not revoked), all.
@@ -22,6 +23,9 @@ LIST_STATUSES: tuple[ListStatus, ...] = ("active", "revoked", "expired", "all")
 #: Shortest key secret accepted in configuration, in bytes. Ably's own key
 #: secrets have 43 characters (256 bits, base64); managed ``tkr_`` secrets 53.
 MIN_SECRET_BYTES = 32
+#: The latest ``expires`` a key can have: the last millisecond of the year 9999
+#: (UTC). Later values overflow the databases' 64-bit integers and datetimes.
+MAX_EXPIRES_MS = 253_402_300_799_999
 
 _FORBIDDEN = frozenset("\r\n\t \x00")
 
@@ -177,7 +181,8 @@ def configured_key(setting: str, value: object) -> tuple[str, str]:
 
     Returns ``(key_name, secret)``; raises :class:`ConfigError` naming
     ``setting`` (never the value). Configured keys must have Ably's form
-    (``appId.keyId``) and a secret of at least :data:`MIN_SECRET_BYTES`: a
+    (``appId.keyId``, at most ``MAX_KEY_NAME_LENGTH`` characters: what the
+    nonce stores hold) and a secret of at least :data:`MIN_SECRET_BYTES`: a
     shorter one can be guessed and is always a mistake (a placeholder, a
     truncated paste). :func:`~flask_tokenreq.sign_token_request` itself signs
     with any key :func:`parse_key` accepts, as the Ably SDKs do.
@@ -190,6 +195,11 @@ def configured_key(setting: str, value: object) -> tuple[str, str]:
     if not dot or not app_id or not key_id:
         raise ConfigError(
             f"{setting} is malformed: the key name must be 'appId.keyId' (no '.' found)"
+        )
+    if len(key_name) > MAX_KEY_NAME_LENGTH:
+        raise ConfigError(
+            f"{setting} is malformed: the key name has {len(key_name)} characters; "
+            f"at most {MAX_KEY_NAME_LENGTH} are allowed"
         )
     size = len(secret.encode("utf-8", "surrogatepass"))
     if size < MIN_SECRET_BYTES:

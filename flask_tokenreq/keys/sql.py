@@ -28,7 +28,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ from ..errors import (
 from ..settings import fernet_keys
 from . import changes
 from .base import (
+    MAX_EXPIRES_MS,
     ApiKey,
     GraceSecret,
     KeyStatus,
@@ -209,11 +210,14 @@ def _check_capability(capability: object) -> Capability:
     return cap
 
 
-def _check_ms(what: str, value: object, *, minimum: int = 0, maximum: int | None = None) -> int:
+def _check_ms(what: str, value: object, *, minimum: int, maximum: int, bounds: str) -> int:
+    """``value`` if it is an integer from ``minimum`` to ``maximum``; ``bounds`` says
+    which in the 400's message. Every millisecond input has a maximum: an integer
+    that does not fit the database's 64-bit columns must be a 400, never a 500."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidParameter(f"{what} must be an integer number of milliseconds")
-    if value < minimum or (maximum is not None and value > maximum):
-        raise InvalidParameter(f"{what} is out of range")
+    if not minimum <= value <= maximum:
+        raise InvalidParameter(f"{what} is out of range: {bounds}")
     return value
 
 
@@ -668,10 +672,15 @@ class SqlKeyStore:
     @contextlib.contextmanager
     def _change(self) -> Iterator[AuditTransaction]:
         """The transaction of one key change: the generation bump first, then the
-        change and its audit rows, committed together (seen at once everywhere)."""
-        with self._changing(), self.audit.transaction() as tx:
+        change and its audit rows, committed together (seen at once everywhere).
+
+        The audit signals go out after the commit and after the change counter
+        is released, on every database alike: a receiver may change keys too.
+        """
+        with self._changing(), self.audit.transaction(emit=False) as tx:
             self._bump(tx.conn)
             yield tx
+        tx.emit()
 
     def _key_row(self, conn: sa.Connection, key_name: str, *, if_revoked: str | None = None) -> Any:
         """The key's row (404 without one). Revoking is final: for a change that a
@@ -701,7 +710,14 @@ class SqlKeyStore:
         cap = _check_capability(capability)
         now = self._now()
         if expires_ms is not None:
-            _check_ms("expires", expires_ms, minimum=now + 1)
+            _check_ms(
+                "expires",
+                expires_ms,
+                minimum=now + 1,
+                maximum=MAX_EXPIRES_MS,
+                bounds=f"it must be in the future and at most {MAX_EXPIRES_MS} "
+                "(the end of the year 9999), in ms since the epoch",
+            )
         actor = _check_actor(actor)
         secret = new_secret()
         ciphertext = self._encrypt(secret)
@@ -792,7 +808,13 @@ class SqlKeyStore:
         ``grace_ms=0`` refuses it, and any earlier one still in grace, at once.
         Tokens already issued stay valid: rotation is not revocation.
         """
-        _check_ms("grace", grace_ms, maximum=MAX_GRACE_MS)
+        _check_ms(
+            "grace",
+            grace_ms,
+            minimum=0,
+            maximum=MAX_GRACE_MS,
+            bounds=f"from 0 to {MAX_GRACE_MS} ms (30 days)",
+        )
         actor = _check_actor(actor)
         secret = new_secret()
         ciphertext = self._encrypt(secret)
@@ -862,22 +884,26 @@ class SqlKeyStore:
     def revoke_tokens(
         self,
         key_name: str,
-        targets: Iterable[str],
+        targets: Sequence[str],
         issued_before: int | None = None,
         allow_reauth_margin: bool = False,
         actor: str | None = None,
     ) -> dict[str, Any]:
         """Ably's ``revokeTokens``: refuse (40141) the key's tokens that match a target.
 
-        ``targets``: ``"clientId:<id>"`` or ``"revocationKey:<value>"`` strings.
+        ``targets``: a list of ``"clientId:<id>"`` or ``"revocationKey:<value>"``
+        strings; one that is not gets an error entry, and nothing is changed
+        for it.
         Tokens issued before ``issued_before`` (default: now; not in the
         future, not more than an hour ago) are refused from ``appliesAt`` on:
         now, or 30 s later with ``allow_reauth_margin``. Returns Ably's batch
         result ``{"successCount", "failureCount", "results"}``: per target
         ``{"target", "issuedBefore", "appliesAt"}``, or ``{"target", "error"}``.
         """
-        if isinstance(targets, (str, bytes)) or not isinstance(targets, Iterable):
-            raise InvalidParameter("targets must be a list of 'clientId:<id>' strings")
+        if not isinstance(targets, (list, tuple)):
+            raise InvalidParameter(
+                "targets must be an array of 'clientId:<id>' or 'revocationKey:<value>' strings"
+            )
         target_list = list(targets)
         if not target_list:
             raise InvalidParameter("targets must list at least one target")
@@ -890,11 +916,13 @@ class SqlKeyStore:
         if issued_before is None:
             before = now
         else:
-            before = _check_ms("issuedBefore", issued_before)
-            if before > now:
-                raise InvalidParameter("issuedBefore must not be in the future")
-            if before < now - MAX_ISSUED_BEFORE_AGE_MS:
-                raise InvalidParameter("issuedBefore must not be more than an hour in the past")
+            before = _check_ms(
+                "issuedBefore",
+                issued_before,
+                minimum=now - MAX_ISSUED_BEFORE_AGE_MS,
+                maximum=now,
+                bounds="it must not be in the future, nor more than an hour in the past",
+            )
         applies_at = now + REAUTH_MARGIN_MS if allow_reauth_margin else now
 
         results: list[dict[str, Any]] = []
@@ -902,7 +930,7 @@ class SqlKeyStore:
         for target in target_list:
             error = target_error(target)
             if error is not None:
-                results.append({"target": target if isinstance(target, str) else None, **error})
+                results.append({"target": _shown(target), **error})
                 continue
             kind, _, value = target.partition(":")
             accepted.append((target, kind, value))
@@ -959,7 +987,13 @@ class SqlKeyStore:
         :meth:`revoke_tokens` does it too, in its own transaction, so the table
         stays small without a scheduled job.
         """
-        _check_ms("keep_ms", keep_ms)
+        _check_ms(
+            "keep_ms",
+            keep_ms,
+            minimum=0,
+            maximum=MAX_EXPIRES_MS,
+            bounds=f"from 0 to {MAX_EXPIRES_MS} ms",
+        )
 
         def run() -> int:
             with self._changing(), self._db.write() as conn:
@@ -1087,5 +1121,15 @@ def target_error(target: object) -> dict[str, Any] | None:
             f"Target type {kind[:40]!r} is not supported here; use clientId or revocationKey"
         )
     if len(value) > 1024 or not _storable(value):
-        return error("A target value has at most 1024 characters (no NUL)")
+        return error(
+            "A target value has at most 1024 characters of Unicode text (no NUL, no lone surrogate)"
+        )
     return None
+
+
+def _shown(target: object) -> str | None:
+    """A refused target as its error entry shows it: always encodable (a lone
+    surrogate is escaped as ``\\udxxx``), ``None`` for one that is not a string."""
+    if not isinstance(target, str):
+        return None
+    return target.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from ..capability import Capability, InvalidCapability
 from ..errors import ConfigError
-from .base import ApiKey, configured_key
+from .base import MAX_EXPIRES_MS, ApiKey, configured_key
 
 #: The setting :meth:`StaticKeyStore.from_config` reads by default.
 SETTING = "TOKENREQ_PROVIDER_KEYS"
@@ -93,6 +93,11 @@ def _parse_item(item: object, where: str) -> ApiKey:
     if not isinstance(revoked, bool):
         raise ConfigError(f"{where}.revoked must be true or false")
     expires = item.get("expires")
-    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int)):
-        raise ConfigError(f"{where}.expires must be an integer (ms since the epoch)")
+    if expires is not None and (
+        isinstance(expires, bool) or not isinstance(expires, int) or expires > MAX_EXPIRES_MS
+    ):
+        raise ConfigError(
+            f"{where}.expires must be an integer (ms since the epoch) of at most "
+            f"{MAX_EXPIRES_MS} (the end of the year 9999)"
+        )
     return ApiKey(key_name, secret, capability, "revoked" if revoked else "active", expires)
