@@ -47,11 +47,15 @@ class InvalidTokenRequest(InvalidBody):
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be a signed text field (keyName, nonce, clientId, ...):
     ``"must not be empty"``, ``"must not contain a line break"`` (the MAC's
-    separator) or ``"is not valid Unicode text"``; ``None`` when it can."""
+    separator), ``"must not contain NUL"`` (PostgreSQL cannot store it, so a
+    token for such a clientId could not be revoked by it) or ``"is not valid
+    Unicode text"``; ``None`` when it can."""
     if not value:
         return "must not be empty"
     if "\n" in value or "\r" in value:
         return "must not contain a line break"
+    if "\x00" in value:
+        return "must not contain NUL"
     if not _is_unicode(value):
         return "is not valid Unicode text"
     return None

@@ -332,12 +332,12 @@ def test_wildcard_user_may_choose_any_client_id(app: Flask) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["tokenrequest", "jwt"])
-@pytest.mark.parametrize("wanted", ["a\nb", "a\rb", "a\ud800"])
+@pytest.mark.parametrize("wanted", ["a\nb", "a\rb", "a\x00b", "a\ud800"])
 def test_a_client_id_no_token_may_carry_is_40012_in_every_format(
     app: Flask, fmt: str, wanted: str
 ) -> None:
     """Even a user who may choose any clientId gets 400 for one that no signed field
-    may hold (a line break, a lone surrogate), in a JWT as in a TokenRequest."""
+    may hold (a line break, NUL, a lone surrogate), in a JWT as in a TokenRequest."""
     carol = client_for(app, "carol")
     body = json.dumps({"clientId": wanted, "format": fmt})
     error = error_of(carol.post(TOKEN, data=body, content_type="application/json"), 400, 40012)

@@ -183,7 +183,7 @@ def test_non_ascii_mac_is_false_not_an_error() -> None:
 # -- properties ---------------------------------------------------------------
 
 text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"),
     min_size=1,
     max_size=24,
 )
@@ -380,6 +380,19 @@ def test_lone_surrogate_is_a_4xx_when_verifying_and_signing(field: str) -> None:
     assert verify_mac(wire, SECRET) is False
     if field == "clientId":
         with pytest.raises(InvalidBody, match="not valid Unicode"):
+            sign_token_request(KEY, client_id=wire[field])
+
+
+@pytest.mark.parametrize("field", ["keyName", "nonce", "clientId"])
+def test_nul_is_a_4xx_when_verifying_and_signing(field: str) -> None:
+    """PostgreSQL cannot store NUL: a token for such a clientId could not be revoked."""
+    wire = sign_token_request(KEY, client_id="c").to_dict()
+    wire[field] = "a\x00" + "0123456789abcdef"
+    with pytest.raises(InvalidBody, match="must not contain NUL"):
+        TokenRequest.from_dict(wire)
+    assert verify_mac(wire, SECRET) is False
+    if field == "clientId":
+        with pytest.raises(InvalidBody, match="must not contain NUL"):
             sign_token_request(KEY, client_id=wire[field])
 
 
