@@ -82,7 +82,8 @@ class TicketIssuer(Protocol):
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """An error message as one line, control characters escaped (see :func:`_printable`)."""
+    return _printable(" ".join(str(text).split()))
 
 
 class _Group(AppGroup):

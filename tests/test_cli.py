@@ -352,6 +352,11 @@ def test_text_output_escapes_control_characters(cli: Cli) -> None:
     # --json shows the values themselves, JSON-escaped.
     events = cli("audit", "--event", "token.refused", "--json").json()
     assert [(e["key_name"], e["client_id"]) for e in events] == [("app.k\x1b[8m", client_id)]
+    # A mistake's one line on stderr quotes what was typed, escaped too.
+    unknown = cli("keys", "get", "app.k\x1b[2J")
+    assert unknown.code == 1
+    assert "\\x1b[2J" in unknown.err
+    assert not CONTROL.search(unknown.err), unknown.err
 
 
 def test_a_time_past_the_year_9999_is_shown_in_milliseconds(cli: Cli) -> None:
