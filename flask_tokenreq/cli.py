@@ -192,7 +192,7 @@ def _capability(text: str | None) -> Any:
 
 def _time(ms: int | None) -> str:
     """``ms`` as an ISO 8601 UTC time; as the number itself when no date can show it
-    (past the year 9999: a static key's ``expires`` is any integer)."""
+    (past the year 9999: a row written before ``expires`` had a maximum)."""
     if ms is None:
         return "-"
     try:

@@ -359,17 +359,24 @@ def test_text_output_escapes_control_characters(cli: Cli) -> None:
     assert not CONTROL.search(unknown.err), unknown.err
 
 
-def test_a_time_past_the_year_9999_is_shown_in_milliseconds(cli: Cli) -> None:
-    """A static key's ``expires`` is any integer; no date can show 10**15 ms."""
-    expires = 10**15
-    cli.env["TOKENREQ_PROVIDER_KEYS"] = json.dumps([{"key": KEY, "expires": expires}])
+def test_the_latest_time_a_key_may_have_is_shown_and_a_later_one_is_milliseconds(
+    cli: Cli,
+) -> None:
+    """``expires`` is at most the last ms of the year 9999, which the CLI shows as a
+    date; a later one (a row from before that bound) is shown as milliseconds."""
+    from flask_tokenreq.cli import _time
+    from flask_tokenreq.keys.base import MAX_EXPIRES_MS
+
+    cli.env["TOKENREQ_PROVIDER_KEYS"] = json.dumps([{"key": KEY, "expires": MAX_EXPIRES_MS}])
     listed, got = cli("keys", "list"), cli("keys", "get", KEY_NAME)
     for run in (listed, got):
         assert run.code == 0, run.err
         assert "Traceback" not in run.err
-    assert f"{expires} ms" in listed.out
-    assert f"expires: {expires} ms" in got.out.splitlines()
-    assert cli("keys", "get", KEY_NAME, "--json").json()["expires"] == expires
+    assert "9999-12-31T23:59:59Z" in listed.out
+    assert "expires: 9999-12-31T23:59:59Z" in got.out.splitlines()
+    assert cli("keys", "get", KEY_NAME, "--json").json()["expires"] == MAX_EXPIRES_MS
+    assert _time(10**15) == f"{10**15} ms"
+    assert _time(-(10**15)) == f"{-(10**15)} ms"
 
 
 # -- encryption-key rotation, tables, retention, nonces ----------------------------------
