@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from .errors import ConfigError, StoreUnavailable
-from .sqlengine import SQLITE_BUSY_TIMEOUT_MS, create_engine, parse_url
+from .sqlengine import SQLITE_BUSY_TIMEOUT_MS, create_engine, parse_url, shown_url
 from .stores.base import at_fork_in_child, describe
 
 __all__ = [
@@ -140,14 +140,14 @@ class Database:
         if isinstance(url_or_engine, sa.Engine):
             self.engine = url_or_engine
             self.backend = self.engine.dialect.name
-            self.url = self.engine.url.render_as_string(hide_password=True)
+            self.url = shown_url(self.engine.url)
             self.owned = False
             self._dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
             return
         if not isinstance(url_or_engine, str):
             raise ConfigError(f"{setting} must be a database URL string")
         u = parse_url(url_or_engine, instance_path, setting=setting)
-        self.url = u.render_as_string(hide_password=True)
+        self.url = shown_url(u)
         self.backend = u.get_backend_name()
         # PostgreSQL connections die with a server restart: ping on checkout. A
         # SQLite connection is a file handle; pinging it would only cost time.

@@ -15,14 +15,24 @@ from .errors import InternalError
 
 S = TypeVar("S")
 
+#: ``app.extensions`` names of the issuer and the provider; one app may have both
+#: (then :func:`~flask_tokenreq.settings.check_both_roles` applies).
+ISSUER = "tokenreq_issuer"
+PROVIDER = "tokenreq_provider"
 
-def register(app: Flask, name: str, extension: object, state: object) -> None:
-    """Register ``extension`` and its ``state`` on ``app``; a second one is an error."""
+
+def check_unregistered(app: Flask, name: str, extension: object) -> None:
+    """Refuse a second ``name`` on ``app``: call it before ``init_app`` opens anything."""
     if name in app.extensions:
         kind = type(extension).__name__
         raise RuntimeError(
             f"A {kind} is already registered on this app ({name!r}); use that instance"
         )
+
+
+def register(app: Flask, name: str, extension: object, state: object) -> None:
+    """Register ``extension`` and its ``state`` on ``app``; a second one is an error."""
+    check_unregistered(app, name, extension)
     app.extensions[name + ".state"] = state
     app.extensions[name] = extension
 

@@ -88,7 +88,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Extension name in ``app.extensions`` and blueprint name.
-EXTENSION = "tokenreq_issuer"
+EXTENSION = extension.ISSUER
 #: Where the per-app state lives in ``app.extensions``.
 STATE = EXTENSION + ".state"
 DEFAULT_URL_PREFIX = "/tokenreq"
@@ -209,13 +209,16 @@ class TokenIssuer:
         """Validate settings (``ConfigError`` naming the setting) and register.
 
         ``register_blueprint`` and ``url_prefix`` override the constructor's.
-        A second issuer (or a second ``init_app``) on one app is an error.
+        A second issuer (or a second ``init_app``) on one app is an error. On an
+        app that is a provider too, ``TOKENREQ_TTL`` may not exceed
+        ``TOKENREQ_MAX_TTL`` (else the app would refuse its own TokenRequests).
         """
-        if EXTENSION in app.extensions:
-            raise RuntimeError("A TokenIssuer is already registered on this app; use that instance")
+        extension.check_unregistered(app, EXTENSION, self)
         settings = IssuerSettings.from_config(
             app.config, url_prefix if url_prefix is not None else self.url_prefix
         )
+        if extension.PROVIDER in app.extensions:
+            cfg.check_both_roles(app.config)
         if settings.key is None:
             logger.warning("TOKENREQ_KEY is not set: the issuer answers 500 until it is")
         extension.register(app, EXTENSION, self, _State(settings, self.now_ms or now_ms))

@@ -102,7 +102,7 @@ MAX_NONCE_LENGTH = 256
 #: hosts that still cannot let a replay through (see :func:`claim_nonce`).
 NONCE_MARGIN_MS = 60_000
 #: Extension name in ``app.extensions`` and blueprint name.
-EXTENSION = "tokenreq_provider"
+EXTENSION = extension.PROVIDER
 #: Where the per-app state lives in ``app.extensions``.
 STATE = EXTENSION + ".state"
 
@@ -199,11 +199,16 @@ class TokenProvider:
         The blueprint is registered at ``url_prefix`` (default
         ``TOKENREQ_PROVIDER_URL_PREFIX``, ``""`` = the root). Pass
         ``register_blueprint=False`` to register ``provider.blueprint`` yourself.
-        Raises :class:`ConfigError` naming the faulty setting; a second provider
-        (or a second ``init_app``) on one app is an error.
+        Raises :class:`ConfigError` naming the faulty setting (on an app that is
+        an issuer too: ``TOKENREQ_TTL`` above ``TOKENREQ_MAX_TTL``); a second
+        provider (or a second ``init_app``) on one app is an error, raised before
+        anything is opened.
         """
+        extension.check_unregistered(app, EXTENSION, self)  # before anything is opened
         config = app.config
         settings = ProviderSettings.from_config(config)
+        if extension.ISSUER in app.extensions:
+            cfg.check_both_roles(config)
         if url_prefix is not None:
             settings = replace(settings, url_prefix=url_prefix.rstrip("/"))
         clock = self._now_arg or wall_clock

@@ -104,7 +104,7 @@ def milliseconds(minimum: int = 1, maximum: int | None = MAX_TTL_MS) -> Check:
 
     def check(name: str, value: Any) -> int:
         number = _int(name, value)
-        _check_floor(name, number, minimum)
+        _check_floor(name, number, minimum, maximum=maximum)
         if maximum is not None and number > maximum:
             limit = " (24 hours, Ably's limit)" if maximum == MAX_TTL_MS else ""
             raise ConfigError(f"{name} must be at most {maximum} ms{limit}, got {number}")
@@ -113,23 +113,36 @@ def milliseconds(minimum: int = 1, maximum: int | None = MAX_TTL_MS) -> Check:
     return check
 
 
-def _check_floor(name: str, number: int, floor: int, floor_name: str | None = None) -> None:
-    """Refuse a millisecond value under ``floor``, saying so when it looks like seconds."""
+def _check_floor(
+    name: str,
+    number: int,
+    floor: int,
+    floor_name: str | None = None,
+    *,
+    maximum: int | None = MAX_TTL_MS,
+) -> None:
+    """Refuse a millisecond value under ``floor``, saying so when it looks like seconds.
+
+    It looks like seconds when, read as seconds, it would be allowed: ``floor``
+    to ``maximum`` once multiplied by 1000.
+    """
     if number >= floor:
         return
     hint = ""
-    if number > 0 and number * 1000 >= floor:
+    if floor <= number * 1000 and (maximum is None or number * 1000 <= maximum):
         hint = f"; durations are in milliseconds: {number} s is {number * 1000}"
     where = f" ({floor_name})" if floor_name else ""
     raise ConfigError(f"{name} must be at least {floor} ms{where}, got {number}{hint}")
 
 
 def boolean(name: str, value: Any) -> bool:
+    """``True``/``False``, ``1``/``0`` (the environment's ``1`` is parsed to an int), or
+    the text ``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``."""
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    if not isinstance(value, bool):
+    if not isinstance(value, int) or value not in (0, 1):  # bool is an int
         raise ConfigError(f"{name} must be true or false, got {type(value).__name__}")
-    return value
+    return bool(value)
 
 
 def string(name: str, value: Any) -> str:
@@ -597,6 +610,19 @@ def read(config: Mapping[str, Any], name: str) -> Any:
     if setting.at_least is not None and value is not None:
         _check_floor(name, value, read(config, setting.at_least), setting.at_least)
     return value
+
+
+def check_both_roles(config: Mapping[str, Any]) -> None:
+    """Settings of an app that is issuer and provider at once: its own TokenRequests
+    must be exchangeable there. Called by whichever ``init_app`` runs second."""
+    ttl = read(config, "TOKENREQ_TTL")
+    max_ttl = read(config, "TOKENREQ_MAX_TTL")
+    if ttl > max_ttl:
+        raise ConfigError(
+            f"TOKENREQ_TTL ({ttl} ms, what the issuer signs) is longer than TOKENREQ_MAX_TTL "
+            f"({max_ttl} ms, the longest the provider accepts): this app would refuse its own "
+            "TokenRequests (40003); lower TOKENREQ_TTL or raise TOKENREQ_MAX_TTL"
+        )
 
 
 def _from_text(name: str, raw: str) -> Any:

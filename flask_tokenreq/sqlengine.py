@@ -13,7 +13,9 @@ hanging:
   included) on every connection; SQLite: the busy timeout;
 - a missing driver, an unknown scheme or a malformed URL is a
   :class:`~flask_tokenreq.errors.ConfigError` naming the setting (the URL is
-  shown with its password hidden).
+  shown with its password hidden);
+- a URL in a message or log line is :func:`shown_url`'s: no password, neither
+  ``user:password@`` nor ``?password=`` (which libpq honours).
 
 What differs between the two users (transaction handling, pre-ping, SQLite
 pragmas) stays with them. Imported only by modules that use SQL, so
@@ -29,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .errors import ConfigError
+from .stores.base import redact_url
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -36,6 +39,7 @@ __all__ = [
     "STATEMENT_TIMEOUT_MS",
     "create_engine",
     "parse_url",
+    "shown_url",
 ]
 
 #: Seconds to wait for a PostgreSQL connection before failing.
@@ -85,6 +89,15 @@ def parse_url(
     return u
 
 
+def shown_url(u: sa.URL) -> str:
+    """``u`` as messages and log lines show it: every password replaced by ``***``.
+
+    SQLAlchemy hides the one in ``user:password@``; :func:`redact_url` also
+    masks password-like query values (``?password=``, ``?sslpassword=``).
+    """
+    return redact_url(u.render_as_string(hide_password=True))
+
+
 def _postgres_on_connect(dbapi_connection: Any, _record: Any) -> None:
     """Per-connection PostgreSQL settings: a statement (or lock wait) cannot hang."""
     cursor = dbapi_connection.cursor()
@@ -111,7 +124,7 @@ def create_engine(
     ``schemes`` lists what to use instead of an unknown URL scheme.
     """
     backend = u.get_backend_name()
-    shown = u.render_as_string(hide_password=True)
+    shown = shown_url(u)
     kwargs: dict[str, Any] = {"pool_pre_ping": pre_ping, "pool_timeout": 10}
     if isolation_level is not None:
         kwargs["isolation_level"] = isolation_level

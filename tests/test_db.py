@@ -12,12 +12,15 @@ import multiprocessing
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from flask_tokenreq.db import Database
+from flask_tokenreq.errors import ConfigError
+from flask_tokenreq.stores import open_nonce_store
 
 TABLE = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
 
@@ -123,3 +126,19 @@ def test_writes_are_durable_by_default(db: Database) -> None:
         assert _synchronous(conn) == 2  # FULL: the commit waits for the disk
         conn.execute(TABLE.insert().values(id=1))
     assert count(db) == 1
+
+
+@pytest.mark.parametrize(
+    ("open_url", "setting"),
+    [(Database, "TOKENREQ_DATABASE_URL"), (open_nonce_store, "TOKENREQ_NONCE_STORE")],
+)
+def test_a_missing_driver_error_shows_no_password(
+    open_url: Callable[[str], object], setting: str
+) -> None:
+    """The URL in the message hides a password given as ``?password=`` too."""
+    with pytest.raises(ConfigError) as info:
+        open_url("mysql://u:hunter2@h/db?password=hunter2&sslpassword=hunter2")  # no MySQLdb
+    message = str(info.value)
+    assert setting in message
+    assert "not installed" in message
+    assert "hunter2" not in message

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,10 @@ from flask import Flask
 from flask_login import LoginManager, UserMixin, login_user
 
 from flask_tokenreq import TokenIssuer, TokenProvider, TokenRequest, clock, sign_token_request
+from flask_tokenreq.errors import ConfigError
 from flask_tokenreq.issuer import STATE as ISSUER_STATE
+from flask_tokenreq.keys import StaticKeyStore
+from flask_tokenreq.keys.chain import KeyChain
 from flask_tokenreq.provider import STATE as PROVIDER_STATE
 from flask_tokenreq.stores import MemoryNonceStore
 from flask_tokenreq.testing import ManualClock, Recorder
@@ -64,6 +68,54 @@ def test_a_second_init_app_is_an_error_in_both(kind: str, clock: FakeClock) -> N
     with pytest.raises(RuntimeError, match="already registered"):
         other.init_app(app)
     assert app.extensions[state_key] is state  # nothing swapped
+
+
+def test_a_refused_second_provider_opens_nothing(tmp_path: Path, clock: FakeClock) -> None:
+    """No nonce store, key database or audit log is opened (and left open) by an
+    ``init_app`` that is refused for being the second."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
+        TOKENREQ_PROVIDER_KEYS=[KEY],
+        TOKENREQ_NONCE_STORE=f"sqlite:///{tmp_path / 'nonces.sqlite3'}",
+        TOKENREQ_DATABASE_URL=f"sqlite:///{tmp_path / 'audit.sqlite3'}",
+    )
+    first = TokenProvider(
+        app,
+        keys=KeyChain(StaticKeyStore.from_config([KEY]), None),
+        nonces=MemoryNonceStore(now_ms=clock, warn=False),
+    )
+    assert list(tmp_path.iterdir()) == []  # the first opened nothing either
+    for second in (first, TokenProvider()):  # both would open the two files
+        with pytest.raises(RuntimeError, match="already registered"):
+            second.init_app(app)
+        assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("provider_first", [False, True])
+def test_an_issuer_and_provider_app_accepts_its_own_ttl(
+    provider_first: bool, clock: FakeClock
+) -> None:
+    """On one app, ``TOKENREQ_TTL`` above ``TOKENREQ_MAX_TTL`` would make every exchange
+    of its own TokenRequests 40003: the second ``init_app`` refuses it, either way round."""
+    app = Flask(__name__)
+    app.config.update(
+        TOKENREQ_KEY=KEY,
+        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
+        TOKENREQ_PROVIDER_KEYS=[KEY],
+        TOKENREQ_MAX_TTL=600_000,
+        TOKENREQ_DEFAULT_TTL=600_000,
+    )
+    issuer = TokenIssuer()
+    provider = TokenProvider(nonces=MemoryNonceStore(now_ms=clock, warn=False), now_ms=clock)
+    first, second = (provider, issuer) if provider_first else (issuer, provider)
+    first.init_app(app)
+    with pytest.raises(ConfigError) as info:
+        second.init_app(app)
+    assert "TOKENREQ_TTL (3600000 ms" in str(info.value)
+    assert "TOKENREQ_MAX_TTL (600000 ms" in str(info.value)
+    app.config["TOKENREQ_TTL"] = 600_000  # equal is fine
+    second.init_app(app)
 
 
 def test_import_loads_no_storage_driver_or_http_client() -> None:

@@ -220,6 +220,39 @@ def test_no_keys_at_all_is_a_config_error_naming_both_settings(tmp_path: Path) -
     assert "TOKENREQ_KEY_ENCRYPTION_KEYS" in str(info.value)
 
 
+def test_an_empty_static_list_with_managed_keys_is_a_managed_only_provider(
+    make_worker: MakeWorker,
+) -> None:
+    """``TOKENREQ_PROVIDER_KEYS=[]`` is "no static keys": refused alone, fine with managed keys."""
+    worker = make_worker(TOKENREQ_PROVIDER_KEYS=[])
+    _, full = worker.store.create("k")
+    assert worker.token(full)
+
+
+def test_a_password_in_the_database_url_query_is_never_shown(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libpq takes ``?password=`` too: log lines and errors hide it like ``user:password@``."""
+    app = Flask(__name__)
+    app.config.update(
+        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
+        TOKENREQ_KEY_ENCRYPTION_KEYS=[FERNET_1],
+        # Port 1: nothing listens, the database is down from the start.
+        TOKENREQ_DATABASE_URL="postgresql://postgres@127.0.0.1:1/test?password=hunter2",
+    )
+    caplog.set_level(logging.INFO, logger="flask_tokenreq")
+    provider = TokenProvider(app, nonces=MemoryNonceStore(now_ms=clock, warn=False), now_ms=clock)
+    with app.app_context():
+        shown = repr(provider.keys)
+        with pytest.raises(StoreUnavailable) as info:
+            provider.keys.get("tokenreq.k")
+    exchange = Worker(app, provider).exchange(f"tokenreq.k:{format_secret(bytes(32))}")
+    message = error_of(exchange, 503, 50003)
+    provider.close()
+    assert "127.0.0.1:1" in caplog.text  # the URL is logged, without its password
+    assert "hunter2" not in caplog.text + shown + str(info.value) + message
+
+
 def test_the_default_database_is_a_sqlite_file_in_the_instance_folder(
     tmp_path: Path, clock: FakeClock
 ) -> None:

@@ -739,6 +739,9 @@ def redis_server() -> Iterator[Callable[..., RedisServer]]:
         "postgres://postgres:hunter2@127.0.0.1:1/test",
         "redis://:hunter2@127.0.0.1:1/0",
         "redis://127.0.0.1:1/0?password=hunter2",
+        # libpq takes the password (and the client key's) from the query too.
+        "postgresql://postgres@127.0.0.1:1/test?password=hunter2",
+        "postgresql://postgres@127.0.0.1:1/test?sslpassword=hunter2&sslmode=prefer",
     ],
 )
 def test_unreachable_store_fails_closed(url: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -1056,6 +1059,8 @@ print([str(w.message) for w in caught if w.category is DeprecationWarning])
         ("redis://user:pw@host/0", "redis://user:***@host/0"),
         ("postgresql://u:p%40ss@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
         ("redis://host/0?password=pw&db=1", "redis://host/0?password=***&db=1"),
+        ("postgresql://u@h/db?sslpassword=pw", "postgresql://u@h/db?sslpassword=***"),
+        ("postgresql://u@h/db?Client_Secret=pw", "postgresql://u@h/db?Client_Secret=***"),
         ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
         ("memory://", "memory://"),
     ],

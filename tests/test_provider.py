@@ -785,6 +785,20 @@ def test_missing_keys_setting(clock: FakeClock, monkeypatch: pytest.MonkeyPatch)
         TokenProvider(app, nonces=MemoryNonceStore(now_ms=clock, warn=False), now_ms=clock)
 
 
+@pytest.mark.parametrize("keys", [None, []])
+def test_an_empty_keys_list_is_no_keys(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, keys: list[str] | None
+) -> None:
+    """``TOKENREQ_PROVIDER_KEYS=[]`` (or ``keys=[]``) is refused like no keys at all,
+    rather than every exchange being 40101."""
+    monkeypatch.delenv("TOKENREQ_PROVIDER_KEYS", raising=False)
+    app = Flask(__name__)
+    app.config.update(TOKENREQ_SIGNING_SECRET=SIGNING_SECRET, TOKENREQ_PROVIDER_KEYS=[])
+    nonces = MemoryNonceStore(now_ms=clock, warn=False)
+    with pytest.raises(ConfigError, match="the provider has no keys"):
+        TokenProvider(app, keys=keys, nonces=nonces, now_ms=clock)
+
+
 def test_keys_from_environment(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENREQ_PROVIDER_KEYS", json.dumps([KEY]))
     app = Flask(__name__)

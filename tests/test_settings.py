@@ -87,6 +87,27 @@ def test_ttl_in_seconds_by_habit_names_the_fix(name: str, value: int, expected: 
     assert expected in message
 
 
+def test_the_seconds_hint_only_proposes_an_allowed_value() -> None:
+    """Read as seconds, 90000 would be 25 hours: over the maximum, so it was not seconds."""
+    config = {"TOKENREQ_MIN_TTL": 100_000, "TOKENREQ_TTL": 90_000}
+    with pytest.raises(ConfigError) as info:
+        read(config, "TOKENREQ_TTL")
+    assert "at least 100000 ms" in str(info.value)
+    assert "durations are in milliseconds" not in str(info.value)
+    with pytest.raises(ConfigError, match="3600 s is 3600000"):
+        read({**config, "TOKENREQ_TTL": 3600}, "TOKENREQ_TTL")
+
+
+@pytest.mark.parametrize("role", ["issuer", "provider"])
+def test_the_role_guides_list_every_setting(role: str) -> None:
+    """docs/issuer.md and docs/provider.md have a row for each of the role's settings."""
+    guide = (ROOT / "docs" / f"{role}.md").read_text()
+    rows = dict(re.findall(r"^\| `(TOKENREQ_[A-Z_]+)` \|(.*)$", guide, re.M))
+    assert {s.name for s in SETTINGS.values() if s.role == role} <= set(rows)
+    if role == "issuer":  # the floor of TOKENREQ_TTL is TOKENREQ_MIN_TTL, not 1
+        assert "TOKENREQ_MIN_TTL" in rows["TOKENREQ_TTL"]
+
+
 def test_ttl_floor_is_configurable() -> None:
     config = {"TOKENREQ_MIN_TTL": 1000, "TOKENREQ_TTL": 3000}
     assert read(config, "TOKENREQ_TTL") == 3000
@@ -152,6 +173,24 @@ def test_wrong_values_name_the_setting_and_the_fix(name: str, value: Any, fragme
         read({name: value}, name)
     assert name in str(info.value)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("0", False), ("true", True)])
+def test_booleans_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool
+) -> None:
+    """The environment's ``1`` and ``0`` are parsed as JSON (ints): still booleans."""
+    monkeypatch.setenv("TOKENREQ_AUDIT", raw)
+    assert read({}, "TOKENREQ_AUDIT") is expected
+    config: dict[str, Any] = {}
+    settings.from_env(config, {"TOKENREQ_AUDIT": raw})
+    assert read(config, "TOKENREQ_AUDIT") is expected
+
+
+@pytest.mark.parametrize("value", [2, -1, 1.0, "2"])
+def test_other_numbers_are_not_booleans(value: Any) -> None:
+    with pytest.raises(ConfigError, match="TOKENREQ_AUDIT must be true or false"):
+        read({"TOKENREQ_AUDIT": value}, "TOKENREQ_AUDIT")
 
 
 def test_fernet_keys_are_accepted() -> None:

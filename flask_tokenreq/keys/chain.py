@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, Conflict, StoreUnavailable
 from .base import ApiKey, KeyStore, KeyView, check_list_status
+from .static import StaticKeyStore
 
 if TYPE_CHECKING:  # pragma: no cover - SQLAlchemy is imported only with managed keys
     from .sql import SqlKeyStore
@@ -37,11 +38,13 @@ log = logging.getLogger("flask_tokenreq")
 class KeyChain:
     """Static keys (``TOKENREQ_PROVIDER_KEYS`` or ``keys=``), then managed keys (SQL).
 
-    Either may be ``None``, not both. Call :meth:`open` once at start.
+    Either may be ``None`` (or, the static keys, an empty list), not both. Call
+    :meth:`open` once at start.
     """
 
     def __init__(self, static: KeyStore | None, managed: SqlKeyStore | None) -> None:
-        if static is None and managed is None:
+        no_static = static is None or (isinstance(static, StaticKeyStore) and not static)
+        if no_static and managed is None:
             raise ConfigError(
                 "the provider has no keys: set TOKENREQ_PROVIDER_KEYS (static keys, e.g. "
                 "['appId.keyId:secret']) or TOKENREQ_KEY_ENCRYPTION_KEYS (managed keys), "

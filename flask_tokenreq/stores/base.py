@@ -41,7 +41,10 @@ MAX_KEY_NAME_LENGTH = 255
 #: Seconds to wait for a TCP connection (PostgreSQL, Redis) before failing.
 CONNECT_TIMEOUT_S = 2
 
-_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pass", "pwd", "secret", "token"})
+_SECRET_QUERY_KEYS = frozenset({"pass", "pwd"})
+#: A query key containing one of these (``password``, libpq's ``sslpassword``,
+#: ``client_secret``, ``access_token``) has its value redacted.
+_SECRET_QUERY_WORDS = ("password", "passwd", "secret", "token")
 
 _T = TypeVar("_T")
 
@@ -92,13 +95,18 @@ def redact_url(url: str) -> str:
         if sep:
             netloc = f"{user}:***@{hostport}"
     pairs = parse_qsl(query, keep_blank_values=True)
-    if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
+    if any(_is_secret_query_key(k) for k, _ in pairs):
         query = urlencode(
-            [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*"
+            [(k, "***" if _is_secret_query_key(k) else v) for k, v in pairs], safe="*"
         )
     if (netloc, query) == (parts.netloc, parts.query):
         return url  # nothing secret: unchanged (urlunsplit would drop an empty "//")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _is_secret_query_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in _SECRET_QUERY_KEYS or any(w in lowered for w in _SECRET_QUERY_WORDS)
 
 
 def check_args(key_name: object, nonce: object, expires_at_ms: object) -> None:

@@ -14,7 +14,13 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from ..clock import Clock, now_ms
 from ..errors import StoreUnavailable
-from ..sqlengine import SQLITE_BUSY_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, create_engine, parse_url
+from ..sqlengine import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    STATEMENT_TIMEOUT_MS,
+    create_engine,
+    parse_url,
+    shown_url,
+)
 from .base import (
     MAX_KEY_NAME_LENGTH,
     SETTING,
@@ -174,7 +180,7 @@ class SqlNonceStore:
             setting=SETTING,
             memory_hint="use a file (sqlite:///path) or memory://",
         )
-        self.url = u.render_as_string(hide_password=True)
+        self.url = shown_url(u)
         self._backend = u.get_backend_name()
         self._host_lock: _HostLock | None = None
         if self._backend == "sqlite":
