@@ -228,14 +228,23 @@ class TokenProvider:
                 app.instance_path
             )
             store = open_nonce_store(url, now_ms=clock, instance_path=app.instance_path)
-        if isinstance(self._keys_arg, KeyChain):
-            keys, audit = self._keys_arg, None
-            if keys.managed is not None:
-                audit = keys.managed.audit
-        else:
-            keys, audit = _open_keys(config, app.instance_path, clock, self._keys_arg)
-        keys.open()
         owns_keys = not isinstance(self._keys_arg, KeyChain)
+        keys: KeyChain | None = None
+        try:
+            if isinstance(self._keys_arg, KeyChain):
+                keys, audit = self._keys_arg, None
+                if keys.managed is not None:
+                    audit = keys.managed.audit
+            else:
+                keys, audit = _open_keys(config, app.instance_path, clock, self._keys_arg)
+            keys.open()
+        except BaseException:
+            # A ConfigError here leaves nothing open that this call opened.
+            if owns:
+                store.close()
+            if owns_keys and keys is not None and keys.managed is not None:
+                keys.managed.close()
+            raise
         state = _State(settings, keys, store, tokens, cors, clock, owns, audit, owns_keys)
         extension.register(app, EXTENSION, self, state)
         if audit is not None:

@@ -614,7 +614,19 @@ def read(config: Mapping[str, Any], name: str) -> Any:
 
 def check_both_roles(config: Mapping[str, Any]) -> None:
     """Settings of an app that is issuer and provider at once: its own TokenRequests
-    must be exchangeable there. Called by whichever ``init_app`` runs second."""
+    must be exchangeable there. Called by whichever ``init_app`` runs second.
+
+    Only when the issuer's key is one this provider serves (a static key of
+    ``TOKENREQ_PROVIDER_KEYS``, or a managed ``tkr_`` key): an issuer signing
+    for another service (Ably itself) is not bound by this provider's limits.
+    """
+    key = read(config, "TOKENREQ_KEY")
+    if key is None:
+        return
+    key_name, _, secret = key.partition(":")
+    static = read(config, "TOKENREQ_PROVIDER_KEYS")
+    if not secret.startswith("tkr_") and (static is None or static.get(key_name) is None):
+        return
     ttl = read(config, "TOKENREQ_TTL")
     max_ttl = read(config, "TOKENREQ_MAX_TTL")
     if ttl > max_ttl:

@@ -3,7 +3,9 @@ lazy imports, and the process clock used while a test overrides it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -92,6 +94,30 @@ def test_a_refused_second_provider_opens_nothing(tmp_path: Path, clock: FakeCloc
         assert list(tmp_path.iterdir()) == []
 
 
+def test_an_init_app_refused_for_its_settings_leaves_nothing_open(tmp_path: Path) -> None:
+    """The nonce store is opened before the keys are read: a ``ConfigError`` about
+    the keys closes it again (no file of it stays open in this process)."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
+        TOKENREQ_NONCE_STORE=f"sqlite:///{tmp_path / 'nonces.sqlite3'}",
+    )  # and no keys
+
+    def open_here() -> list[str]:
+        """Files under ``tmp_path`` this process holds open."""
+        paths = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # gone since listed
+                paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [p for p in paths if p.startswith(str(tmp_path))]
+
+    for _ in range(3):
+        with pytest.raises(ConfigError, match="no keys"):
+            TokenProvider(app)
+    assert (tmp_path / "nonces.sqlite3").exists()  # the store was opened
+    assert open_here() == []
+
+
 @pytest.mark.parametrize("provider_first", [False, True])
 def test_an_issuer_and_provider_app_accepts_its_own_ttl(
     provider_first: bool, clock: FakeClock
@@ -116,6 +142,22 @@ def test_an_issuer_and_provider_app_accepts_its_own_ttl(
     assert "TOKENREQ_MAX_TTL (600000 ms" in str(info.value)
     app.config["TOKENREQ_TTL"] = 600_000  # equal is fine
     second.init_app(app)
+
+
+def test_an_issuer_signing_for_another_service_is_not_bound_by_the_providers_ttl(
+    clock: FakeClock,
+) -> None:
+    """The issuer's key is not one the provider serves (it signs for Ably, say)."""
+    app = Flask(__name__)
+    app.config.update(
+        TOKENREQ_KEY=KEY,
+        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
+        TOKENREQ_PROVIDER_KEYS=[OTHER_KEY],
+        TOKENREQ_MAX_TTL=600_000,
+        TOKENREQ_DEFAULT_TTL=600_000,
+    )
+    TokenIssuer(app)
+    TokenProvider(app, nonces=MemoryNonceStore(now_ms=clock, warn=False), now_ms=clock)
 
 
 def test_import_loads_no_storage_driver_or_http_client() -> None:
