@@ -19,8 +19,9 @@ create them (40160).
 Settings come from ``TOKENREQ_*`` / ``FLASK_*`` environment variables.
 Without ``TOKENREQ_KEY_ENCRYPTION_KEYS`` and ``TOKENREQ_SIGNING_SECRET`` it
 uses development values, with a warning: never deploy those. Keys live in
-``TOKENREQ_DATABASE_URL`` (default: ``tokenreq.sqlite3`` in the instance
-folder), which the CLI and the server share.
+``TOKENREQ_DATABASE_URL`` (default: ``trivial.sqlite3`` in the instance
+folder), which the CLI and the server share. The file is Trivial's own: the
+demo's ``tokenreq.sqlite3`` in the same folder is encrypted under another key.
 
 Run ``python examples/trivial_app.py [--port 5000]``.
 """
@@ -48,6 +49,9 @@ DEV_VALUES = {
     "TOKENREQ_KEY_ENCRYPTION_KEYS": ["ZGV2LW9ubHktZmVybmV0LWtleS1uZXZlci1kZXBsb3k="],
     "TOKENREQ_SIGNING_SECRET": "dev-only-trivial-token-signing-secret-0123456789",
 }
+#: Trivial's own database in the instance folder: encrypted under its development key,
+#: it would refuse to open with the demo's (and the demo's with this one) if they shared one.
+DATABASE_URL = "sqlite:///trivial.sqlite3"
 #: What the billing worker reads.
 INVOICES = [
     {"id": "inv-1", "customer": "acme", "amountCents": 12_000},
@@ -60,7 +64,8 @@ def create_app(
 ) -> Flask:
     """The example; ``overrides`` are applied to ``app.config`` last."""
     app = Flask(__name__, instance_path=instance_path)
-    configure(app, {"TOKENREQ_APP_ID": "trivial"}, overrides, dev_values=DEV_VALUES)
+    defaults = {"TOKENREQ_APP_ID": "trivial", "TOKENREQ_DATABASE_URL": DATABASE_URL}
+    configure(app, defaults, overrides, dev_values=DEV_VALUES)
     provider = TokenProvider(app)  # managed keys: TOKENREQ_KEY_ENCRYPTION_KEYS is set
 
     @app.get("/api/invoices")

@@ -881,3 +881,38 @@ def test_the_testing_recipe_of_docs_admin_md(tmp_path: Path, tokenreq_clock: Any
     tokenreq_clock.advance(15 * 60_000 + 1)  # the session is over
     assert client.get("/tokenreq/admin/api/keys").status_code == 401
     provider.close()
+
+
+def test_docs_admin_md_says_where_a_ticket_and_the_csrf_value_show(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/admin.md's security model against a real server: the ticket rides in the
+    exchange's query string, so the access log has it; the answer carries the CSRF value."""
+    import requests
+
+    from tests.servers import serve_app
+
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SECRET_KEY=SECRET_KEY,
+        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
+        TOKENREQ_KEY_ENCRYPTION_KEYS=[FERNET_1],
+    )
+    provider = TokenProvider(app, nonces=MemoryNonceStore(warn=False))
+    KeyAdmin(app)
+    with app.app_context():
+        ticket = app.extensions["tokenreq_admin"].issue_ticket("carol")
+    with caplog.at_level(logging.INFO, logger="werkzeug"), serve_app(app) as url:
+        opened = requests.get(
+            f"{url}/tokenreq/admin/session/ticket/exchange", params={"ticket": ticket}, timeout=10
+        )
+    provider.close()
+    assert opened.status_code == 200
+    assert opened.json()["csrf"]
+    assert any(ticket in record.getMessage() for record in caplog.records)  # the access log
+
+    docs = " ".join((ROOT / "docs" / "admin.md").read_text().split())
+    assert "No row, answer or log line holds a ticket" not in docs
+    assert "exchange's answer carries the session's CSRF value" in docs
+    assert "access logs that record query strings" in docs
+    assert "single use and expires 60 s" in docs

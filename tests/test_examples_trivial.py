@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 
+from examples import demo, trivial_app
 from flask_tokenreq import sign_token_request
 from flask_tokenreq.keys import parse_key
 from tests.conftest import ROOT
@@ -168,3 +169,27 @@ def test_a_read_only_key_from_the_cli_cannot_create(trivial: Trivial) -> None:
     assert trivial.call(f"Bearer {key}").status_code == 200
     created = trivial.call(f"Bearer {key}", "POST", json={"customer": "acme", "amountCents": 1})
     refused(created, 401, 40160)
+
+
+@pytest.mark.parametrize("first", ["trivial", "demo"])
+def test_trivial_and_the_demo_start_in_one_instance_folder_in_either_order(
+    first: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Trivial walkthrough, then ``make demo`` (or the other way round), on their
+    development settings in one checkout: each opens its own key database, encrypted under
+    its own development key, so neither refuses to start (canary mismatch)."""
+    for name in list(os.environ):
+        if name.startswith(("TOKENREQ_", "FLASK_")) and not name.startswith("TOKENREQ_TEST"):
+            monkeypatch.delenv(name)
+    apps = {"trivial": trivial_app.create_app, "demo": demo.create_app}
+    order = [first, *(name for name in apps if name != first)]
+    for name in order + order:  # and each again, as after a restart
+        app = apps[name](instance_path=str(tmp_path))
+        provider = app.extensions["tokenreq_provider"]
+        with app.app_context():
+            created, _ = provider.keys.for_change().create(f"{name} key", actor="test")
+            listed = [info.name for info in provider.keys.for_change().list("all")]
+        assert created.name in listed
+        provider.close()
+    assert (tmp_path / "trivial.sqlite3").is_file()
+    assert (tmp_path / "tokenreq.sqlite3").is_file()

@@ -14,6 +14,8 @@
 
 const DEFAULT_MARGIN_MS = 15000;
 const MIN_RENEW_DELAY_MS = 1000;
+/** After a failed background renewal: try again 1 s later, then 2, 4, ... up to 30 s apart. */
+const MAX_RETRY_DELAY_MS = 30000;
 /** Ably's "error requesting a token" code: what ably-js reports for auth failures. */
 const AUTH_FAILED = 40170;
 
@@ -47,14 +49,16 @@ export async function errorFrom(response) {
   return new TokenError(message, code, response.status);
 }
 
-function jwtExpiry(token) {
+/** A JWT's {issued, expires} in ms, from its iat and exp claims (null when absent). */
+function jwtTimes(token) {
   try {
     const part = token.split('.')[1];
     const json = atob(part.replace(/-/g, '+').replace(/_/g, '/'));
     const claims = JSON.parse(json);
-    return typeof claims.exp === 'number' ? claims.exp * 1000 : null;
+    const ms = (seconds) => (typeof seconds === 'number' ? seconds * 1000 : null);
+    return { issued: ms(claims.iat), expires: ms(claims.exp) };
   } catch (_) {
-    return null;
+    return { issued: null, expires: null };
   }
 }
 
@@ -76,10 +80,13 @@ function base64(text) {
  * @param {boolean} [options.autoRenew] renew in the background before expiry (default false)
  * @param {(details: object) => void} [options.onToken] called with each new token
  * @param {(error: Error) => void} [options.onError] called when a background renewal fails
+ *   (autoRenew tries again 1 s later, then 2, 4, ... up to 30 s apart, until one succeeds)
  * @param {RequestCredentials} [options.credentials] credentials mode for the authUrl
  *   (default 'include': the session cookie goes along, also cross-origin)
  * @param {() => number} [options.now] clock in ms (for tests)
  * @param {typeof fetch} [options.fetch] fetch implementation (for tests)
+ * @param {typeof setTimeout} [options.setTimeout] timer for background renewal (for tests)
+ * @param {typeof clearTimeout} [options.clearTimeout] cancels those timers (for tests)
  */
 export function createTokenClient(options) {
   const {
@@ -95,12 +102,16 @@ export function createTokenClient(options) {
   } = options || {};
   if (!authUrl) throw new TypeError('createTokenClient: authUrl is required');
   const fetchImpl = (options && options.fetch) || globalThis.fetch.bind(globalThis);
+  const setTimer = (options && options.setTimeout) || globalThis.setTimeout.bind(globalThis);
+  const clearTimer = (options && options.clearTimeout) || globalThis.clearTimeout.bind(globalThis);
   // The cached token: its TokenDetails and, by this browser's clock, when to renew it
   // and when it expires. Times come from the token's lifetime (expires - issued)
   // counted from when it arrived, so a skewed browser clock does not matter.
   let cached = null;
   let inflight = null;
   let timer = null;
+  let retryDelay = 0; // after a failed background renewal: how long until the next try
+  let closed = false;
 
   function authRequestUrl(extra) {
     const url = new URL(authUrl, globalThis.location ? globalThis.location.href : undefined);
@@ -133,7 +144,8 @@ export function createTokenClient(options) {
       authRequestUrl(extra),
       {
         credentials,
-        headers: { Accept: 'application/json, application/jwt, text/plain' },
+        // TokenDetails rather than a bare JWT: they carry `issued` (the issuer's clock).
+        headers: { Accept: 'application/json, application/jwt;q=0.9, text/plain;q=0.8' },
         cache: 'no-store',
       },
       'the token issuer',
@@ -164,7 +176,9 @@ export function createTokenClient(options) {
   async function obtain() {
     const answer = await fetchAuth();
     if (typeof answer === 'string') {
-      return { token: answer, expires: jwtExpiry(answer) };
+      // A bare JWT: its iat and exp (the issuer's clock) play issued and expires.
+      const { issued, expires } = jwtTimes(answer);
+      return { token: answer, issued, expires };
     }
     if (answer && answer.issued !== undefined) return answer;
     if (answer && answer.keyName) {
@@ -189,23 +203,30 @@ export function createTokenClient(options) {
       expiresAt: lifetime === null ? null : received + lifetime,
       renewAt: lifetime === null ? null : received + lifetime - margin,
     };
+    retryDelay = 0;
     schedule();
   }
 
-  function schedule() {
-    if (timer !== null) clearTimeout(timer);
+  /** Renew in the background at renewAt, or `delay` ms from now (a retry). */
+  function schedule(delay) {
+    if (timer !== null) clearTimer(timer);
     timer = null;
-    if (!autoRenew || !cached || cached.renewAt === null) return;
-    timer = setTimeout(
-      () => {
-        timer = null;
-        getToken({ force: true }).catch((err) => {
-          if (onError) onError(err);
-        });
-      },
+    if (closed || !autoRenew || !cached || cached.renewAt === null) return;
+    timer = setTimer(
+      renewInBackground,
       // At least a second apart, even for tokens that live only a few milliseconds.
-      Math.max(MIN_RENEW_DELAY_MS, cached.renewAt - now()),
+      delay ?? Math.max(MIN_RENEW_DELAY_MS, cached.renewAt - now()),
     );
+  }
+
+  function renewInBackground() {
+    timer = null;
+    getToken({ force: true }).catch((err) => {
+      // A blip must not end autoRenew: try again, backing off, until it works or close().
+      retryDelay = Math.min(MAX_RETRY_DELAY_MS, retryDelay ? retryDelay * 2 : MIN_RENEW_DELAY_MS);
+      schedule(retryDelay);
+      if (onError) onError(err);
+    });
   }
 
   function fresh() {
@@ -244,9 +265,10 @@ export function createTokenClient(options) {
     return Math.max(0, cached.expiresAt - now());
   }
 
-  /** Stop background renewal. */
+  /** Stop background renewal, for good. */
   function close() {
-    if (timer !== null) clearTimeout(timer);
+    closed = true;
+    if (timer !== null) clearTimer(timer);
     timer = null;
   }
 

@@ -14,6 +14,7 @@ a test: tickets and sessions expire by moving ``tokenreq_clock``; a request
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -666,6 +667,56 @@ def test_errors_are_shown_with_a_retry_that_works(
     expect(row(page, "Made on retry")).to_be_visible()
     assert sorted(i.name for i in admin.key_infos()) == ["Made on retry", "Production"]
     assert page_errors.uncaught == []
+
+
+def test_the_list_and_the_activity_each_clear_only_their_own_error(
+    page: Page, page_errors: PageErrors, admin: Admin
+) -> None:
+    """Refresh loads both side by side into one error area: one's success must not hide
+    the other's failure (a stale list, no error, no Retry). The held answer comes last."""
+    admin.create_key("Production")
+    open_page(page, admin)
+    error = page.get_by_test_id("error")
+    events = page.get_by_test_id("audit-row")
+
+    def unavailable(route: Any) -> None:
+        body = {"error": {"message": "key store unavailable", "code": 50300, "statusCode": 503}}
+        route.fulfill(status=503, content_type="application/json", body=json.dumps(body))
+
+    # The list fails; the activity answers after it (a new event shows when it has).
+    keys_api, audit_api = re.compile(r".*/api/keys\?status=.*"), re.compile(r".*/api/audit\?.*")
+    page.route(keys_api, unavailable)
+    admin.hold.arm("GET", f"{PREFIX}/api/audit")
+    admin.create_key("Staging")
+    page.get_by_role("button", name="Refresh", exact=True).click()
+    assert admin.hold.arrived.acquire(timeout=10)
+    expect(error.get_by_role("alert")).to_have_text("key store unavailable (50300)")
+    admin.hold.release()
+    expect(events.filter(has_text="name: Staging")).to_have_count(1)
+    expect(error.get_by_role("alert")).to_have_text("key store unavailable (50300)")
+    expect(row(page, "Staging")).to_have_count(0)  # the list is stale: say so
+    page.unroute(keys_api)
+    error.get_by_role("button", name="Retry").click()
+    expect(row(page, "Staging")).to_be_visible()
+    expect(error).to_be_hidden()
+
+    # The other way round: the activity fails; the list answers after it.
+    page.route(audit_api, unavailable)
+    admin.hold.arm("GET", KEYS_API)
+    admin.create_key("Development")
+    page.get_by_role("button", name="Refresh", exact=True).click()
+    assert admin.hold.arrived.acquire(timeout=10)
+    expect(error.get_by_role("alert")).to_have_text("key store unavailable (50300)")
+    admin.hold.release()
+    expect(row(page, "Development")).to_be_visible()
+    expect(error.get_by_role("alert")).to_have_text("key store unavailable (50300)")
+    expect(events.filter(has_text="name: Development")).to_have_count(0)
+    page.unroute(audit_api)
+    error.get_by_role("button", name="Retry").click()
+    expect(events.filter(has_text="name: Development")).to_have_count(1)
+    expect(error).to_be_hidden()
+    assert page_errors.uncaught == []
+    assert all("status of 503" in text for text in page_errors.console)
 
 
 # -- one request at a time (safeguard 5) --------------------------------------------------------

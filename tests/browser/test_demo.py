@@ -464,3 +464,142 @@ def test_tokenreq_js_api(
     # getToken x3 (one request), ablyAuthCallback x2, the refused one: 4 requests.
     assert server.hits[TOKEN_PATH] - before == 4
     assert page_errors.uncaught == []
+
+
+JWT_SKEW_CHECKS = """
+async ({ issuerNow, skew, accept }) => {
+  const { createTokenClient } = await import('/api/tokenreq/tokenreq.js');
+  const types = [];
+  const fetchVia = async (url, init) => {
+    const headers = new Headers(init.headers);
+    if (accept) headers.set('Accept', accept);
+    const response = await fetch(url, { ...init, headers });
+    types.push(response.headers.get('content-type'));
+    return response;
+  };
+  const tokens = createTokenClient({
+    authUrl: '/api/tokenreq/token',
+    authParams: { format: 'jwt', ttl: 60000 },
+    fetch: fetchVia,
+    now: () => issuerNow + skew,  // the browser's clock, off by `skew`, standing still
+  });
+  const first = await tokens.getToken();
+  const left = tokens.timeLeft();
+  const again = [];
+  for (let i = 0; i < 5; i += 1) again.push(await tokens.getToken());
+  return { left, types, cached: again.every((details) => details === first) };
+}
+"""
+
+
+@pytest.mark.parametrize("skew", [300_000, -300_000], ids=["ahead", "behind"])
+@pytest.mark.parametrize(
+    ("accept", "answer"),
+    [(None, "application/json"), ("application/jwt", "application/jwt")],
+    ids=["token-details", "bare-jwt"],
+)
+def test_a_jwt_lasts_its_lifetime_whatever_the_browsers_clock(
+    page: Page,
+    page_errors: PageErrors,
+    serve_demo: Callable[..., Demo],
+    skew: int,
+    accept: str | None,
+    answer: str,
+) -> None:
+    """``authParams: {format: 'jwt'}`` with a browser clock 5 minutes off: the token
+    lives exp - iat from its arrival. The helper asks for TokenDetails; an authUrl that
+    answers only a bare JWT (``accept``) is timed by its iat and exp claims."""
+    clock = FakeClock(start=int(time.time()) * 1000)
+    server = serve_demo(clock=clock)
+    sign_in(page, server.url, "alice")
+
+    result = page.evaluate(JWT_SKEW_CHECKS, {"issuerNow": clock(), "skew": skew, "accept": accept})
+
+    assert result["types"] == [answer]
+    assert result["left"] == 60_000
+    assert result["cached"] is True  # not fetched again and again
+    assert page_errors.uncaught == []
+
+
+RENEWAL_RETRY_CHECKS = """
+async () => {
+  const { createTokenClient } = await import('/api/tokenreq/tokenreq.js');
+  let now = 1_000_000;  // the page's clock: moved by the timers below, never by waiting
+  const timers = new Map();
+  let nextId = 1;
+  const pending = () => [...timers.values()].map((timer) => timer.delay);
+  let down = false;
+  const fetchVia = (url, init) => {
+    if (down && String(url).includes('/api/tokenreq/token')) {
+      return Promise.reject(new TypeError('Failed to fetch'));
+    }
+    return fetch(url, init);
+  };
+  let settled = null;
+  const errors = [];
+  let renewed = 0;
+  const tokens = createTokenClient({
+    authUrl: '/api/tokenreq/token',
+    providerUrl: '/provider',
+    authParams: { ttl: 60000 },
+    autoRenew: true,
+    fetch: fetchVia,
+    now: () => now,
+    setTimeout: (fn, delay) => {
+      timers.set(nextId, { fn, delay });
+      return nextId++;
+    },
+    clearTimeout: (id) => timers.delete(id),
+    onToken: () => { renewed += 1; if (settled) settled(); },
+    onError: (err) => { errors.push(err.code); if (settled) settled(); },
+  });
+  /** Run the one pending timer at its time; wait for that renewal to succeed or fail. */
+  const fire = async () => {
+    if (timers.size !== 1) throw new Error(`${timers.size} timers pending`);
+    const [[id, { fn, delay }]] = [...timers.entries()];
+    timers.delete(id);
+    now += delay;
+    const done = new Promise((resolve) => { settled = resolve; });
+    fn();
+    await done;
+    return delay;
+  };
+
+  await tokens.getToken();
+  const delays = [];
+  down = true;  // the renewal and the next six tries fail
+  for (let i = 0; i < 7; i += 1) delays.push(await fire());
+  down = false;
+  delays.push(await fire());
+  const afterSuccess = pending();
+  down = true;
+  delays.push(await fire());
+  const afterFailure = pending();
+  tokens.close();
+  return { delays, errors, renewed, afterSuccess, afterFailure, afterClose: pending() };
+}
+"""
+
+
+def test_auto_renew_retries_a_failed_renewal_with_backoff_until_close(
+    page: Page, page_errors: PageErrors, serve_demo: Callable[..., Demo]
+) -> None:
+    """A failed background renewal (a network blip) is tried again 1 s later, then 2, 4,
+    ... up to 30 s apart; a success goes back to the normal schedule; close() ends it.
+    The helper's timers and clock are injected: the test runs them, nothing waits."""
+    server = serve_demo()
+    sign_in(page, server.url, "alice")
+    expect(page.get_by_test_id("token-count")).to_have_text("1")  # the page's own token
+    before = server.hits[TOKEN_PATH]
+
+    result = page.evaluate(RENEWAL_RETRY_CHECKS)
+
+    # 45 s: a 60 s token renews 15 s early; then the retries; the last one succeeds.
+    assert result["delays"] == [45_000, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 45_000]
+    assert result["errors"] == [40170] * 8  # onError for each failure (network: 40170)
+    assert result["renewed"] == 2  # the first token and the renewal that worked
+    assert result["afterSuccess"] == [45_000]  # the next renewal, on time
+    assert result["afterFailure"] == [1000]  # the backoff started over
+    assert result["afterClose"] == []
+    assert server.hits[TOKEN_PATH] - before == 2
+    assert page_errors.uncaught == []

@@ -179,6 +179,25 @@ function hideError(box) {
   box.querySelector('[role="alert"]').textContent = '';
 }
 
+// The key list and the activity load side by side and share the page's error box:
+// each puts away only an error it showed itself, or a success would hide the other's.
+let pageErrorSource = null;
+
+function showPageError(source, error, retry) {
+  const box = $('error');
+  if (!box.hidden && pageErrorSource !== null && pageErrorSource !== source) {
+    // Both failed: one Retry for both.
+    source = 'both';
+    retry = refreshAll;
+  }
+  pageErrorSource = source;
+  showError(box, error, retry);
+}
+
+function hidePageError(source) {
+  if (pageErrorSource === source) hideError($('error'));
+}
+
 // -- what this session may do -----------------------------------------------------
 
 function canWrite() {
@@ -227,10 +246,10 @@ async function loadKeys() {
     const data = await call('GET', `/api/keys?status=${encodeURIComponent(status)}`);
     if (seq !== listSeq) return;
     renderKeys(data.keys, status);
-    hideError($('error'));
+    hidePageError('keys');
   } catch (error) {
     if (seq !== listSeq || gated) return;
-    showError($('error'), error, loadKeys);
+    showPageError('keys', error, loadKeys);
   } finally {
     if (seq === listSeq) $('keys-table').setAttribute('aria-busy', 'false');
   }
@@ -334,10 +353,10 @@ async function loadAudit() {
     if (seq !== auditSeq) return;
     auditEvents = data.events;
     renderAudit();
-    hideError($('error'));
+    hidePageError('audit');
   } catch (error) {
     if (seq !== auditSeq || gated) return;
-    showError($('error'), error, loadAudit);
+    showPageError('audit', error, loadAudit);
   }
 }
 
@@ -648,7 +667,7 @@ async function open(ticket) {
     } else {
       $('loading').hidden = true;
       $('app').hidden = false;
-      showError($('error'), error, () => {
+      showPageError('session', error, () => {
         $('app').hidden = true;
         $('loading').hidden = false;
         open(ticket);
