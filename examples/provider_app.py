@@ -409,14 +409,19 @@ def development_encryption_key(instance_path: str) -> str:
         path,
     )
     os.makedirs(instance_path, exist_ok=True)
+    # Written whole to a file of this process, then linked into place: a worker
+    # starting at the same moment finds either no file or the complete key.
+    key = Fernet.generate_key().decode("ascii")
+    draft = f"{path}.{os.getpid()}.tmp"
+    with open(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        handle.write(key + "\n")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.link(draft, path)  # fails if another process was first
     except FileExistsError:
         with open(path, encoding="ascii") as handle:
-            return handle.read().strip()
-    key = Fernet.generate_key().decode("ascii")
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(key + "\n")
+            key = handle.read().strip()
+    finally:
+        os.unlink(draft)
     return key
 
 

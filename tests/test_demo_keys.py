@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -93,3 +94,35 @@ def test_a_configured_static_key_keeps_working(tmp_path: Path) -> None:
     assert exchange_code(app) == 200
     assert not (tmp_path / DEV_ENCRYPTION_KEY_FILE).exists()
     close(app)
+
+
+def _race_for_the_key(instance: str, start: Any, out: Any) -> None:
+    from examples.provider_app import development_encryption_key
+
+    start.wait()
+    out.put(development_encryption_key(instance))
+
+
+def test_workers_starting_at_once_on_a_fresh_folder_get_one_complete_key(
+    tmp_path: Path,
+) -> None:
+    """No worker may read the key file while another is still writing it."""
+    import multiprocessing
+
+    from cryptography.fernet import Fernet
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        instance = str(tmp_path / f"instance-{round_}")
+        start, out = ctx.Barrier(6), ctx.Queue()
+        workers = [
+            ctx.Process(target=_race_for_the_key, args=(instance, start, out)) for _ in range(6)
+        ]
+        for worker in workers:
+            worker.start()
+        keys = {out.get(timeout=30) for _ in workers}
+        for worker in workers:
+            worker.join(timeout=30)
+        [key] = keys
+        Fernet(key)  # a complete, valid key
+        assert sorted(p.name for p in Path(instance).iterdir()) == [DEV_ENCRYPTION_KEY_FILE]
