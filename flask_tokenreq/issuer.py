@@ -593,7 +593,7 @@ def _ttl_param(params: Mapping[str, Any], settings: IssuerSettings) -> int:
         raise InvalidParameter(f"ttl must be at most {settings.ttl} ms")
     if ttl < settings.min_ttl:
         hint = ""
-        if ttl * 1000 >= settings.min_ttl:
+        if settings.min_ttl <= ttl * 1000 <= settings.ttl:  # as seconds, it would be allowed
             hint = f"; ttl is in milliseconds: {ttl} seconds is ttl={ttl * 1000}"
         raise InvalidParameter(
             f"ttl {ttl} ms is shorter than the minimum {settings.min_ttl} ms{hint}"

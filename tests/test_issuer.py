@@ -486,6 +486,9 @@ def test_ttl_below_the_minimum_names_milliseconds(clock: FakeClock) -> None:
     assert "ttl 60 ms is shorter than the minimum 10000 ms" in error["message"]
     assert "60 seconds is ttl=60000" in error["message"]
     token_request_of(alice.get(TOKEN, query_string={"ttl": "60000"}))
+    # 5000 s would be above the issuer's TOKENREQ_TTL (3600 s): no such hint.
+    error = error_of(alice.get(TOKEN, query_string={"ttl": "5000"}), 400, 40003)
+    assert error["message"] == "ttl 5000 ms is shorter than the minimum 10000 ms"
 
 
 def test_ttl_setting_below_the_minimum_is_a_config_error() -> None:
