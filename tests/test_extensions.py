@@ -118,20 +118,27 @@ def test_an_init_app_refused_for_its_settings_leaves_nothing_open(tmp_path: Path
     assert open_here() == []
 
 
+def _both_roles_app(provider_keys: list[str]) -> Flask:
+    """An app for an issuer signing with ``KEY`` (for 1 h) and a provider whose
+    tokens last at most 10 minutes."""
+    app = Flask(__name__)
+    app.config.update(
+        TOKENREQ_KEY=KEY,
+        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
+        TOKENREQ_PROVIDER_KEYS=provider_keys,
+        TOKENREQ_MAX_TTL=600_000,
+        TOKENREQ_DEFAULT_TTL=600_000,
+    )
+    return app
+
+
 @pytest.mark.parametrize("provider_first", [False, True])
 def test_an_issuer_and_provider_app_accepts_its_own_ttl(
     provider_first: bool, clock: FakeClock
 ) -> None:
     """On one app, ``TOKENREQ_TTL`` above ``TOKENREQ_MAX_TTL`` would make every exchange
     of its own TokenRequests 40003: the second ``init_app`` refuses it, either way round."""
-    app = Flask(__name__)
-    app.config.update(
-        TOKENREQ_KEY=KEY,
-        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
-        TOKENREQ_PROVIDER_KEYS=[KEY],
-        TOKENREQ_MAX_TTL=600_000,
-        TOKENREQ_DEFAULT_TTL=600_000,
-    )
+    app = _both_roles_app(provider_keys=[KEY])
     issuer = TokenIssuer()
     provider = TokenProvider(nonces=MemoryNonceStore(now_ms=clock, warn=False), now_ms=clock)
     first, second = (provider, issuer) if provider_first else (issuer, provider)
@@ -148,14 +155,7 @@ def test_an_issuer_signing_for_another_service_is_not_bound_by_the_providers_ttl
     clock: FakeClock,
 ) -> None:
     """The issuer's key is not one the provider serves (it signs for Ably, say)."""
-    app = Flask(__name__)
-    app.config.update(
-        TOKENREQ_KEY=KEY,
-        TOKENREQ_SIGNING_SECRET=SIGNING_SECRET,
-        TOKENREQ_PROVIDER_KEYS=[OTHER_KEY],
-        TOKENREQ_MAX_TTL=600_000,
-        TOKENREQ_DEFAULT_TTL=600_000,
-    )
+    app = _both_roles_app(provider_keys=[OTHER_KEY])
     TokenIssuer(app)
     TokenProvider(app, nonces=MemoryNonceStore(now_ms=clock, warn=False), now_ms=clock)
 
