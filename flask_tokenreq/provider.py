@@ -801,7 +801,13 @@ def _credentials(req: Request) -> tuple[str, bytes] | str | None:
     value = value.strip()
     if scheme == "bearer":
         if looks_like_managed_key(value):
-            key_name, secret = parse_key(value)
+            try:
+                key_name, secret = parse_key(value)
+            except ValueError:  # a character no key may hold (NUL, say)
+                raise InvalidCredentials(
+                    "Invalid credentials: key is malformed (it holds a character no key may "
+                    "hold, such as NUL)"
+                ) from None
             return key_name, secret.encode("utf-8")
         return value
     if scheme == "basic":

@@ -244,9 +244,10 @@ def _seconds(payload: Mapping[str, Any], name: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidToken(f"token {name} claim must be a number of seconds")
-    if isinstance(value, float) and not math.isfinite(value):
+    millis = value * 1000
+    if isinstance(millis, float) and not math.isfinite(millis):  # inf, NaN, or 1e306 * 1000
         raise InvalidToken(f"token {name} claim must be a finite number")
-    return int(value * 1000)
+    return int(millis)
 
 
 def _required_seconds(payload: Mapping[str, Any], name: str) -> int:

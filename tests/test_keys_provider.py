@@ -366,6 +366,17 @@ def test_a_mistyped_tkr_secret_is_refused_before_any_lookup(tmp_path: Path) -> N
         response = client.get("/whoami", headers={"Authorization": authorization})
         assert "key is malformed" in error_of(response, 401, 40101)
         assert typo.partition(":")[2] not in response.get_data(as_text=True)
+    # A character no key holds (NUL passes some WSGI servers): 401, not a 500.
+    nul = f"Bearer {good[:-4]}\x00{good[-3:]}"
+    for response in (
+        client.get("/whoami", environ_overrides={"HTTP_AUTHORIZATION": nul}),
+        client.post(
+            "/keys/tokenreq.Ab12Cd34/revokeTokens",
+            json={"targets": ["clientId:a"]},
+            environ_overrides={"HTTP_AUTHORIZATION": nul},
+        ),
+    ):
+        assert "key is malformed" in error_of(response, 401, 40101)
     # A well-formed key needs the database, which is down: 503, never accepted.
     error_of(client.get("/whoami", headers={"Authorization": basic(good)}), 503, 50003)
     provider.close()

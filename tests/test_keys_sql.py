@@ -390,6 +390,11 @@ def test_revoked_tokens_are_refused_on_every_worker(
     assert not worker2.token_revoked(key.key_name, None, None, issued)
     # A key this store does not manage (a static key) is not its business.
     assert not worker2.token_revoked("static.key", "alice", None, issued)
+    # A wildcard token was issued to clientId "*": "clientId:alice" leaves it,
+    # "clientId:*" revokes it (docs/keys.md).
+    assert not worker2.token_revoked(key.key_name, "*", None, issued)
+    store.revoke_tokens(key.key_name, ["clientId:*"])
+    assert worker2.token_revoked(key.key_name, "*", None, issued)
 
 
 def test_issued_before_and_the_reauth_margin(

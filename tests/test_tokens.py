@@ -382,6 +382,16 @@ def test_nan_exp_is_refused(service: TokenService, keys: StaticKeyStore) -> None
     refused(service, keys, forge(our_header(service), payload, SIGNING_SECRET.encode()))
 
 
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_a_time_too_large_for_milliseconds_is_40144(
+    service: TokenService, keys: StaticKeyStore, claim: str
+) -> None:
+    """Finite in seconds, infinite in milliseconds (1e306 * 1000): refused, never a 500."""
+    token = forge(our_header(service), claims(service, **{claim: 1e306}), SIGNING_SECRET.encode())
+    refused(service, keys, token)
+    refused(service, keys, ably_jwt(**{claim: 1e306}))  # an Ably JWT signed with the key
+
+
 def test_expired_token_is_40142(service: TokenService, keys: StaticKeyStore) -> None:
     token = forge(
         our_header(service),
